@@ -1,0 +1,19 @@
+"""latentdiff: latent diffusion text-to-image, fine-tuning and editing, numerically equal to diffusers."""
+
+from .guidance import CFGDenoiser, rescale_guidance
+from .sampling import ddim_invert, ddim_step, ddpm_step, sample_ddim, sample_ddpm
+from .schedule import Schedule, inference_timesteps, make_betas
+
+__version__ = "0.1.0"
+__all__ = [
+    "CFGDenoiser",
+    "Schedule",
+    "ddim_invert",
+    "ddim_step",
+    "ddpm_step",
+    "inference_timesteps",
+    "make_betas",
+    "rescale_guidance",
+    "sample_ddim",
+    "sample_ddpm",
+]
