@@ -3,7 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class OneLine(logging.Formatter):
+    def format(self, record):
+        return f"latentdiff: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def quiet_libraries() -> None:
+    """Keep third-party loading chatter (progress bars, info logs) off the terminal."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    from .models import DEFAULT_MODEL
+
+    p.add_argument("--model", default=None, help=f"diffusers-layout model folder or cached hub id (default: {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and compute dtype")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when available")
+    p.add_argument("--allow-pickle", action="store_true", help="also load .bin (pickle) weights; only for files you trust")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -12,9 +41,74 @@ def build_parser() -> argparse.ArgumentParser:
         description="Latent diffusion: generate, fine-tune and edit images; numerically equal to diffusers.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="text to image", description="Generate images from a text prompt.")
+    gen.add_argument("prompt", nargs="*", help="the prompt (several words are joined); or use --from-file")
+    gen.add_argument("--from-file", type=Path, help="a text file with one prompt per line")
+    gen.add_argument("--negative-prompt", help="what to steer away from (default: empty)")
+    add_model_args(gen)
+    gen.add_argument("--sampler", help="ddim or ddpm (default ddim)")
+    gen.add_argument("--steps", type=int, help="sampling steps (default 50)")
+    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale w (default 7.5; 1 = off)")
+    gen.add_argument("--guidance-rescale", type=float, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")
+    gen.add_argument("--eta", type=float, help="DDIM η: 0 deterministic (default), 1 DDPM-like")
+    gen.add_argument("--seed", type=int, help="seed of image 0; image i uses seed + i (default 0)")
+    gen.add_argument("--num-images", type=int, help="images per prompt (default 1)")
+    gen.add_argument("--height", type=int, help="pixels, a multiple of the VAE factor (default: the model's)")
+    gen.add_argument("--width", type=int, help="pixels, a multiple of the VAE factor (default: the model's)")
+    gen.add_argument("--output", "-o", default="outputs/image.png",
+                     help="PNG file, or a folder ending in /; several images are numbered and gridded")
+    gen.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
     check = sub.add_parser("selfcheck", help="compare our samplers with diffusers' schedulers on an exact denoiser")
     check.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     return parser
+
+
+def read_prompts(args) -> list[str]:
+    prompts = []
+    if args.prompt:
+        prompts.append(" ".join(args.prompt))
+    if args.from_file is not None:
+        try:
+            lines = args.from_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"cannot read --from-file '{args.from_file}': {error}") from None
+        prompts += [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError("no prompt given: pass PROMPT or --from-file FILE with one prompt per line")
+    return prompts
+
+
+def cmd_generate(args) -> int:
+    from .images import check_writable, grid, output_paths, save_png
+    from .models import DEFAULT_MODEL, ModelError
+    from .pipeline import Pipeline
+
+    prompts = read_prompts(args)
+    model = args.model
+    if model is None:
+        if not DEFAULT_MODEL.is_dir():
+            raise ModelError(f"the offline default model is not in {DEFAULT_MODEL} yet; pass --model PATH "
+                             "to a diffusers-layout model folder")
+        model = DEFAULT_MODEL
+    quiet_libraries()
+    pipe = Pipeline.from_pretrained(model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle)
+    settings = dict(negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
+                    guidance_rescale=args.guidance_rescale, sampler=args.sampler, eta=args.eta, seed=args.seed,
+                    num_images=args.num_images, height=args.height, width=args.width)
+    cfg = pipe.settings(**settings)  # validate before any work
+    paths = output_paths(args.output, len(prompts) * cfg.num_images)
+    check_writable(paths[0])
+    results = pipe.generate(prompts, progress=not args.quiet, **settings)
+    for path, result in zip(paths, results):
+        save_png(result.image, path, result.params)
+        print(path)
+    if len(results) > 1:
+        path = paths[0].with_name(paths[0].stem.rsplit("-", 1)[0] + "-grid.png")
+        save_png(grid([r.image for r in results], columns=cfg.num_images if len(prompts) > 1 else None), path)
+        print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,14 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine())
+    logging.getLogger("latentdiff").addHandler(handler)
+    logging.getLogger("latentdiff").setLevel(logging.INFO)
     try:
+        if args.command == "generate":
+            return cmd_generate(args)
         if args.command == "selfcheck":
             from . import selfcheck
 
             return selfcheck.main(args.steps)
     except ValueError as error:  # user mistakes surface as ValueError with a one-line message
         print(f"latentdiff {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"latentdiff {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -45,3 +45,13 @@ class CFGDenoiser:
         if self.rescale > 0:
             guided = rescale_guidance(guided, out_cond, self.rescale)
         return guided
+
+
+class UNetModel:
+    """Adapts a diffusers ``UNet2DConditionModel`` to ``model(x, t, text_embeddings) -> prediction``."""
+
+    def __init__(self, unet, **unet_kwargs):
+        self.unet, self.unet_kwargs = unet, unet_kwargs
+
+    def __call__(self, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, encoder_hidden_states=cond, return_dict=False, **self.unet_kwargs)[0]

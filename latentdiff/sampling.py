@@ -12,7 +12,7 @@ result in both.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -23,10 +23,24 @@ Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 Callback = Callable[[dict], None]
 
 
-def randn_like(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """Standard normal noise shaped like x, drawn on the generator's device, then moved to x's."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def randn(shape, generator: Generators, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """N(0, I) noise drawn on the generator's device then moved, one generator per sample when given a list.
+
+    This is the order and placement of diffusers' ``randn_tensor``, so seeds give the same numbers.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per sample")
+        return torch.cat([randn((1, *shape[1:]), g, dtype, device) for g in generator])
+    source = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=source, dtype=dtype).to(device)
+
+
+def randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    return randn(x.shape, generator, x.dtype, x.device)
 
 
 def ddim_sigma(alpha_bar: float, alpha_bar_prev: float, eta: float) -> float:
@@ -82,7 +96,7 @@ def sample_ddim(
     timesteps: Sequence[int],
     *,
     eta: float = 0.0,
-    generator: Optional[torch.Generator] = None,
+    generator: Generators = None,
     callback: Optional[Callback] = None,
     disable_progress: bool = True,
 ) -> torch.Tensor:
@@ -175,7 +189,7 @@ def sample_ddpm(
     schedule: Schedule,
     timesteps: Sequence[int],
     *,
-    generator: Optional[torch.Generator] = None,
+    generator: Generators = None,
     callback: Optional[Callback] = None,
     disable_progress: bool = True,
 ) -> torch.Tensor:

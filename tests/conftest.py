@@ -3,3 +3,18 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+
+from tiny import save_tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Folders of tiny random SD models: {(prediction_type, vae_factor): path}."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        (p, f): save_tiny(root / f"{p}-f{f}", prediction_type=p, vae_factor=f)
+        for p, f in [("epsilon", 8), ("v_prediction", 4)]
+    }

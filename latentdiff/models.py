@@ -1,0 +1,251 @@
+"""Load and save the frozen networks of a diffusers-layout model folder; encode prompts, latents and images.
+
+A model folder is what ``StableDiffusionPipeline.save_pretrained`` writes: ``model_index.json`` and
+``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``. Weights are read from
+safetensors only, unless the caller explicitly allows pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = {  # folder -> file that must be in it
+    "unet": "config.json",
+    "vae": "config.json",
+    "text_encoder": "config.json",
+    "tokenizer": "tokenizer_config.json",
+    "scheduler": "scheduler_config.json",
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda")
+# The offline default model (the shapes world), committed in the repository; LATENTDIFF_MODEL overrides it.
+DEFAULT_MODEL = Path(os.environ.get("LATENTDIFF_MODEL", Path(__file__).resolve().parent.parent / "weights" / "shapes"))
+
+
+class ModelError(ValueError):
+    """A model folder that cannot be used, with a one-line reason and fix."""
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """'auto' is CUDA when available, else CPU."""
+    if device not in DEVICES:
+        raise ValueError(f"device={device!r} is not supported; choose one of {', '.join(map(repr, DEVICES))}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str | torch.dtype = "fp32") -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {', '.join(map(repr, DTYPES))}")
+    return DTYPES[dtype]
+
+
+def resolve_model_path(model: str | os.PathLike) -> Path:
+    """A local folder, or a hub id found in the local Hugging Face cache (never downloaded)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelError(f"model '{model}' is a file, not a folder; pass a diffusers-layout model folder")
+    if str(model).count("/") == 1 and not str(model).startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(str(model), local_files_only=True))
+        except Exception:
+            pass
+    raise ModelError(
+        f"model '{model}' does not exist: pass a folder in the diffusers layout "
+        "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a hub id already in the local cache"
+    )
+
+
+def check_model_folder(path: Path) -> None:
+    """Raise a ModelError naming the first missing piece of a diffusers-layout folder."""
+    if not (path / "model_index.json").is_file():
+        raise ModelError(f"model folder '{path}' has no model_index.json; it is not a diffusers-layout model folder")
+    for folder, required in COMPONENTS.items():
+        if not (path / folder / required).is_file():
+            raise ModelError(f"model folder '{path}' is missing its {folder}/ component ({folder}/{required})")
+
+
+def _check_weights(path: Path, folder: str, allow_pickle: bool) -> None:
+    files = list((path / folder).glob("*.safetensors"))
+    if files:
+        return
+    if list((path / folder).glob("*.bin")) and not allow_pickle:
+        raise ModelError(
+            f"'{path / folder}' has only pickle weights (.bin), which are not loaded by default; "
+            "convert them to safetensors or pass allow_pickle=True (--allow-pickle) if you trust the file"
+        )
+    if not allow_pickle:
+        raise ModelError(f"'{path / folder}' has no weights (*.safetensors)")
+
+
+@dataclass
+class Components:
+    """The frozen networks and schedule of one model, on one device and dtype."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler_config: dict
+    path: Optional[Path] = None
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule.from_config(self.scheduler_config)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent along each side: 2^(number of VAE down blocks − 1)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def load_components(
+    model: str | os.PathLike,
+    *,
+    dtype: str | torch.dtype = "fp32",
+    device: str | torch.device = "auto",
+    allow_pickle: bool = False,
+) -> Components:
+    """Load a diffusers-layout folder (SD 1.x / 2.x shapes, ε or v prediction) with frozen networks."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    torch_dtype = pick_dtype(dtype)
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    path = resolve_model_path(model).resolve()
+    check_model_folder(path)
+    for folder in ("unet", "vae", "text_encoder"):
+        _check_weights(path, folder, allow_pickle)
+    safetensors = None if allow_pickle else True
+    try:
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype,
+                                                    use_safetensors=safetensors)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype, use_safetensors=safetensors)
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch_dtype,
+                                                     use_safetensors=safetensors)
+        tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+    except (OSError, ValueError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"could not load model folder '{path}': {first_line}") from error
+    scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    Schedule.from_config(scheduler_config)  # fail now, with its message, if the schedule is unusable
+    for module in (unet, vae, text_encoder):
+        freeze(module).to(device)
+    return Components(unet, vae, text_encoder, tokenizer, scheduler_config, path)
+
+
+def save_components(components: Components, folder: str | os.PathLike, scheduler_class: str = "DDIMScheduler") -> Path:
+    """Write a complete diffusers-layout folder; written to a temporary name and renamed when complete."""
+    from diffusers import StableDiffusionPipeline
+    import diffusers
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scheduler = getattr(diffusers, scheduler_class).from_config(components.scheduler_config)
+    pipe = StableDiffusionPipeline(
+        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+        unet=components.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return folder
+
+
+# --- encoding ------------------------------------------------------------------------------------
+
+
+def tokenize(tokenizer, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask (B, L), padded/truncated to ``tokenizer.model_max_length``.
+
+    Prompts that do not fit are truncated with a warning that names the dropped words.
+    """
+    max_length = tokenizer.model_max_length
+    batch = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
+                      return_tensors="pt")
+    ids = batch.input_ids
+    full = tokenizer(list(prompts), padding="longest", return_tensors="pt").input_ids
+    if full.shape[-1] > ids.shape[-1]:
+        for dropped in tokenizer.batch_decode(full[:, max_length - 1 : -1]):
+            dropped = dropped.replace(tokenizer.pad_token or "", "").replace(tokenizer.eos_token or "", "").strip()
+            if dropped:
+                log.warning("prompt longer than %d tokens, truncated; dropped: %r", max_length, dropped)
+    return ids, batch.attention_mask
+
+
+@torch.inference_mode()
+def encode_prompts(components: Components, prompts: Sequence[str]) -> torch.Tensor:
+    """Last hidden states of the text encoder, (B, L, D), in the model's dtype."""
+    ids, mask = tokenize(components.tokenizer, prompts)
+    encoder = components.text_encoder
+    mask = mask.to(components.device) if getattr(encoder.config, "use_attention_mask", False) else None
+    return encoder(ids.to(components.device), attention_mask=mask)[0].to(encoder.dtype)
+
+
+@torch.inference_mode()
+def decode_latents(components: Components, latents: torch.Tensor) -> torch.Tensor:
+    """VAE decode of diffusion latents to images in [0, 1], (B, 3, H, W) float32."""
+    vae = components.vae
+    latents = latents / vae.config.scaling_factor
+    if getattr(vae.config, "shift_factor", None):
+        latents = latents + vae.config.shift_factor
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae = vae.to(torch.float32)  # the SD VAE overflows in fp16
+        try:
+            return (vae.decode(latents.float()).sample / 2 + 0.5).clamp(0, 1).float()
+        finally:
+            vae.to(torch.float16)
+    return (vae.decode(latents.to(vae.dtype)).sample / 2 + 0.5).clamp(0, 1).float()
+
+
+def to_uint8(images: torch.Tensor):
+    """(B, 3, H, W) in [0, 1] → list of (H, W, 3) uint8 arrays, rounded as diffusers rounds."""
+    array = images.permute(0, 2, 3, 1).cpu().numpy()
+    return [(a * 255).round().astype("uint8") for a in array]

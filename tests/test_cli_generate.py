@@ -1,0 +1,84 @@
+"""`latentdiff generate`: files, metadata that reproduces the image, and one-line errors with exit code 2."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latentdiff.cli import main
+from latentdiff.images import read_params
+from latentdiff.pipeline import Pipeline
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generate_writes_numbered_pngs_grid_and_reproducible_metadata(tiny_models, tmp_path, capsys):
+    model = str(tiny_models[("epsilon", 8)])
+    code, out, err = run(capsys, "generate", "a", "blue", "square", "--model", model, "--steps", "12",
+                         "--num-images", "2", "--seed", "5", "--guidance", "4", "--negative-prompt", "red",
+                         "-o", str(tmp_path / "img.png"), "--quiet")
+    assert code == 0, err
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["img-000.png", "img-001.png", "img-grid.png"]
+    params = read_params(tmp_path / "img-001.png")
+    assert params["prompt"] == "a blue square" and params["seed"] == 6 and params["negative_prompt"] == "red"
+    assert params["steps"] == 12 and params["guidance"] == 4 and params["sampler"] == "ddim"
+    assert Image.open(tmp_path / "img-001.png").text["parameters"].startswith("a blue square\nNegative prompt: red")
+    # the stored parameters alone regenerate the image (alone, not in a batch of 2: float rounding may move 1/255)
+    keys = ["negative_prompt", "steps", "guidance", "guidance_rescale", "sampler", "eta", "seed", "height", "width"]
+    again = Pipeline.from_pretrained(params["model"], device="cpu")(params["prompt"], **{k: params[k] for k in keys})
+    diff = np.abs(np.asarray(again[0]).astype(int) - np.asarray(Image.open(tmp_path / "img-001.png")).astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01
+    assert Image.open(tmp_path / "img-grid.png").size == (128, 64)
+
+
+@pytest.fixture()
+def broken_model(tiny_models, tmp_path):
+    path = tmp_path / "broken"
+    shutil.copytree(tiny_models[("epsilon", 8)], path)
+    shutil.rmtree(path / "vae")
+    return path
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["generate", "x", "--model", "/nonexistent/model"], "model '/nonexistent/model' does not exist"),
+        (["generate", "x", "--model", "BROKEN"], "is missing its vae/ component"),
+        (["generate", "x", "--model", "MODEL", "--sampler", "euler"], "sampler='euler' is not supported; choose one of 'ddim', 'ddpm'"),
+        (["generate", "x", "--model", "MODEL", "--steps", "0"], "steps=0 must be an integer between 1 and"),
+        (["generate", "x", "--model", "MODEL", "--height", "60"], "height=60 is not a positive multiple of the VAE factor 8"),
+        (["generate", "x", "--model", "MODEL", "--width", "33"], "width=33 is not a positive multiple of the VAE factor 8"),
+        (["generate", "x", "--model", "MODEL", "-o", "/proc/forbidden/x.png"], "cannot write output '/proc/forbidden/x.png'"),
+        (["generate", "x", "--model", "MODEL", "-o", "out.jpg"], "output 'out.jpg' must end in .png"),
+        (["generate", "--model", "MODEL"], "no prompt given"),
+        (["generate", "--model", "MODEL", "--from-file", "EMPTY"], "no prompt given"),
+        (["generate", "x", "--model", "MODEL", "--eta", "-1"], "eta=-1.0 must be >= 0"),
+        (["generate", "x", "--model", "MODEL", "--num-images", "0"], "num_images=0 must be at least 1"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_exit_2(argv, message, tiny_models, broken_model, tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    swap = {"MODEL": str(tiny_models[("epsilon", 8)]), "BROKEN": str(broken_model), "EMPTY": str(empty)}
+    os.chdir(tmp_path)
+    code, out, err = run(capsys, *[swap.get(a, a) for a in argv], "--quiet")
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.glob("**/*.png"))
+
+
+def test_pickle_weights_are_refused_by_default(tiny_models, tmp_path, capsys):
+    path = tmp_path / "pickled"
+    shutil.copytree(tiny_models[("epsilon", 8)], path)
+    for f in (path / "unet").glob("*.safetensors"):
+        f.rename(f.with_name("diffusion_pytorch_model.bin"))
+    code, _, err = run(capsys, "generate", "x", "--model", str(path), "--quiet")
+    assert code == 2 and "only pickle weights (.bin)" in err

@@ -1,0 +1,58 @@
+"""Loading model folders: frozen networks, prompt truncation, hub ids from the local cache, dtypes."""
+
+import logging
+import shutil
+
+import numpy as np
+import torch
+
+from latentdiff.models import encode_prompts, load_components, tokenize
+from latentdiff.pipeline import Pipeline
+
+
+def test_components_are_frozen_and_read_from_config(tiny_models):
+    c = load_components(tiny_models[("v_prediction", 4)], device="cpu")
+    for module in (c.unet, c.vae, c.text_encoder):
+        assert not module.training
+        assert not any(p.requires_grad for p in module.parameters())
+    assert c.vae_scale_factor == 4 and c.schedule.prediction_type == "v_prediction"
+    assert c.vae.config.scaling_factor == 0.37
+
+
+def test_long_prompt_is_truncated_with_a_warning_naming_the_dropped_words(tiny_models, caplog):
+    c = load_components(tiny_models[("epsilon", 8)], device="cpu")
+    limit = c.tokenizer.model_max_length  # 16 in the tiny model
+    prompt = " ".join(["red"] * (limit - 2) + ["zebra", "giraffe"])
+    with caplog.at_level(logging.WARNING, logger="latentdiff"):
+        ids, _ = tokenize(c.tokenizer, [prompt, "a short one"])
+    assert ids.shape == (2, limit)
+    assert "zebra giraffe" in caplog.text and "truncated" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="latentdiff"):
+        tokenize(c.tokenizer, [" ".join(["red"] * (limit - 2))])  # exactly fills the context
+    assert caplog.text == ""
+    # the truncated prompt encodes like its kept part
+    kept = " ".join(["red"] * (limit - 2))
+    torch.testing.assert_close(encode_prompts(c, [prompt]), encode_prompts(c, [kept]))
+
+
+def test_hub_id_resolves_from_local_cache_only(tiny_models, tmp_path, monkeypatch):
+    snapshot = tmp_path / "hub" / "models--someone--tiny-sd" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_models[("epsilon", 8)], snapshot)
+    (tmp_path / "hub" / "models--someone--tiny-sd" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny-sd" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    c = load_components("someone/tiny-sd", device="cpu")
+    assert c.path == snapshot.resolve()
+
+
+def test_bf16_generates_close_to_fp32(tiny_models):
+    path = tiny_models[("epsilon", 8)]
+    fp32 = np.asarray(Pipeline.from_pretrained(path, device="cpu")("a red circle", steps=10, seed=0)[0]).astype(int)
+    pipe = Pipeline.from_pretrained(path, device="cpu", dtype="bf16")
+    assert pipe.components.unet.dtype == torch.bfloat16
+    bf16 = np.asarray(pipe("a red circle", steps=10, seed=0)[0]).astype(int)
+    assert np.abs(bf16 - fp32).mean() < 4

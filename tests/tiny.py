@@ -1,0 +1,42 @@
+"""Tiny random Stable-Diffusion-format models, saved in the diffusers layout, for tests."""
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from latentdiff.tokenizer import build_clip_tokenizer
+
+SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                    clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading")
+
+
+def tiny_components(prediction_type="epsilon", vae_factor=8, seed=0, context=16, sample_size=8):
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    levels = {4: 3, 8: 4}[vae_factor]
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16,) * levels,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        layers_per_block=1, norm_num_groups=8, sample_size=sample_size * vae_factor, scaling_factor=0.37,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=context, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    ))
+    tokenizer = build_clip_tokenizer(context)
+    scheduler = DDIMScheduler(**SD_SCHEDULER, prediction_type=prediction_type)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def save_tiny(folder: Path, **kwargs) -> Path:
+    tiny_components(**kwargs).save_pretrained(folder, safe_serialization=True)
+    return folder
