@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="PNG file, or a folder ending in /; several images are numbered and gridded")
     gen.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
+    tr = sub.add_parser("train", help="train or fine-tune a UNet (full or LoRA) on a folder of images",
+                        description="Train with a YAML recipe; override any key with --section.key=value. "
+                                    "Works under `accelerate launch` too.")
+    tr.add_argument("--config", type=Path, help="YAML recipe (see configs/)")
+    tr.add_argument("--resume", help="'latest' or a checkpoint folder to continue from")
+
+    from .shapes import cli as shapes_cli
+
+    shapes_cli.add_parser(sub)
+
     check = sub.add_parser("selfcheck", help="compare our samplers with diffusers' schedulers on an exact denoiser")
     check.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     return parser
@@ -111,9 +121,27 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_train(args, overrides: list[str]) -> int:
+    from .config import load_config
+    from .train import TrainingError, train
+
+    config = load_config(args.config, overrides)
+    quiet_libraries()
+    try:
+        result = train(config, resume=args.resume)
+    except TrainingError as error:
+        print(f"latentdiff train: error: {error}", file=sys.stderr)
+        return 1
+    if result.model_dir or result.lora_path:
+        print(result.model_dir or result.lora_path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 0
@@ -124,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "train":
+            return cmd_train(args, extra)
+        if args.command == "shapes":
+            from .shapes import cli as shapes_cli
+
+            return shapes_cli.run(args)
         if args.command == "selfcheck":
             from . import selfcheck
 

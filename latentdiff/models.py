@@ -78,11 +78,13 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
     )
 
 
-def check_model_folder(path: Path) -> None:
+def check_model_folder(path: Path, need_unet: bool = True) -> None:
     """Raise a ModelError naming the first missing piece of a diffusers-layout folder."""
     if not (path / "model_index.json").is_file():
         raise ModelError(f"model folder '{path}' has no model_index.json; it is not a diffusers-layout model folder")
     for folder, required in COMPONENTS.items():
+        if folder == "unet" and not need_unet:
+            continue
         if not (path / folder / required).is_file():
             raise ModelError(f"model folder '{path}' is missing its {folder}/ component ({folder}/{required})")
 
@@ -122,11 +124,11 @@ class Components:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return (self.unet if self.unet is not None else self.text_encoder).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return (self.unet if self.unet is not None else self.text_encoder).dtype
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:
@@ -141,21 +143,28 @@ def load_components(
     dtype: str | torch.dtype = "fp32",
     device: str | torch.device = "auto",
     allow_pickle: bool = False,
+    with_unet: bool = True,
 ) -> Components:
-    """Load a diffusers-layout folder (SD 1.x / 2.x shapes, ε or v prediction) with frozen networks."""
+    """Load a diffusers-layout folder (SD 1.x / 2.x shapes, ε or v prediction) with frozen networks.
+
+    ``with_unet=False`` loads only the frozen encoders, tokenizer and schedule (``unet`` is None), for
+    training a UNet from scratch on top of them.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     torch_dtype = pick_dtype(dtype)
     device = device if isinstance(device, torch.device) else pick_device(device)
     path = resolve_model_path(model).resolve()
-    check_model_folder(path)
-    for folder in ("unet", "vae", "text_encoder"):
+    check_model_folder(path, need_unet=with_unet)
+    for folder in ("unet", "vae", "text_encoder") if with_unet else ("vae", "text_encoder"):
         _check_weights(path, folder, allow_pickle)
     safetensors = None if allow_pickle else True
     try:
-        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype,
-                                                    use_safetensors=safetensors)
+        unet = None
+        if with_unet:
+            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype,
+                                                        use_safetensors=safetensors)
         vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype, use_safetensors=safetensors)
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=torch_dtype,
                                                      use_safetensors=safetensors)
@@ -166,7 +175,8 @@ def load_components(
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     Schedule.from_config(scheduler_config)  # fail now, with its message, if the schedule is unusable
     for module in (unet, vae, text_encoder):
-        freeze(module).to(device)
+        if module is not None:
+            freeze(module).to(device)
     return Components(unet, vae, text_encoder, tokenizer, scheduler_config, path)
 
 
@@ -225,8 +235,23 @@ def encode_prompts(components: Components, prompts: Sequence[str]) -> torch.Tens
     """Last hidden states of the text encoder, (B, L, D), in the model's dtype."""
     ids, mask = tokenize(components.tokenizer, prompts)
     encoder = components.text_encoder
-    mask = mask.to(components.device) if getattr(encoder.config, "use_attention_mask", False) else None
-    return encoder(ids.to(components.device), attention_mask=mask)[0].to(encoder.dtype)
+    mask = mask.to(encoder.device) if getattr(encoder.config, "use_attention_mask", False) else None
+    return encoder(ids.to(encoder.device), attention_mask=mask)[0].to(encoder.dtype)
+
+
+@torch.inference_mode()
+def encode_images(components: Components, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the VAE's latent distribution q(z | x) for images in [-1, 1], each (B, C, H/f, W/f)."""
+    vae = components.vae
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return dist.mean.float(), dist.std.float()
+
+
+def scale_latents(components: Components, z: torch.Tensor) -> torch.Tensor:
+    """VAE latents → diffusion latents: (z − shift) × scaling_factor, read from the VAE config."""
+    config = components.vae.config
+    shift = getattr(config, "shift_factor", None) or 0.0
+    return (z - shift) * config.scaling_factor
 
 
 @torch.inference_mode()

@@ -1,0 +1,256 @@
+"""Train or fine-tune a UNet with Accelerate: one function that reads top to bottom.
+
+Works as a plain command and under ``accelerate launch`` (any number of processes). All randomness of
+micro-step g on rank r comes from a generator seeded by (seed, g, r) and the data order is a function
+of (seed, step), so a resumed run continues exactly where the checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import list_checkpoints, load_checkpoint, remove_stale_temporaries, resolve_resume, save_checkpoint
+from .config import Config
+from .data import Transform, scan_dataset
+from .ema import EMA
+from .images import grid, save_png
+from .inputs import SampleOrder, TrainingInputs, stable_seed
+from .models import Components, load_components, save_components
+from .objective import drop_captions, noised_batch, weighted_mse
+from .schedule import PREDICTION_TYPES, Schedule, check_choice
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became non-finite); the message says what to do."""
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    loss: float
+    output_dir: Path
+    model_dir: Optional[Path] = None
+    lora_path: Optional[Path] = None
+    encoder_counts: dict = field(default_factory=dict)
+
+
+def _check(config: Config) -> None:
+    m, d, t = config.model, config.data, config.train
+    if not m.pretrained:
+        raise ValueError("model.pretrained is required: a diffusers-layout folder with at least vae/, text_encoder/, "
+                         "tokenizer/ and scheduler/ (plus unet/ unless model.unet_config is given)")
+    if not d.root:
+        raise ValueError("data.root is required: a folder of images with metadata.jsonl/csv or .txt captions")
+    if m.prediction_type is not None:
+        check_choice("model.prediction_type", m.prediction_type, PREDICTION_TYPES)
+    check_choice("train.mixed_precision", t.mixed_precision, ("no", "fp16", "bf16"))
+    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 (works on CPU) or no")
+    if config.lora.enabled and m.unet_config:
+        raise ValueError("lora.enabled trains adapters on a pretrained UNet; unset model.unet_config")
+    for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "checkpoint_every"):
+        if getattr(t, name) < 1:
+            raise ValueError(f"train.{name}={getattr(t, name)} must be >= 1")
+    if not 0 <= t.caption_dropout < 1:
+        raise ValueError(f"train.caption_dropout={t.caption_dropout} must be in [0, 1)")
+
+
+def _build_unet(config: Config, frozen: Components):
+    from diffusers import UNet2DConditionModel
+
+    m = config.model
+    if m.unet_config:
+        import yaml
+
+        unet_cfg = yaml.safe_load(Path(m.unet_config).read_text())
+        cross = frozen.text_encoder.config.hidden_size
+        if unet_cfg.setdefault("cross_attention_dim", cross) != cross:
+            raise ValueError(f"model.unet_config cross_attention_dim={unet_cfg['cross_attention_dim']} must equal the "
+                             f"text encoder's hidden size {cross}")
+        return UNet2DConditionModel.from_config(unet_cfg)
+    return UNet2DConditionModel.from_pretrained(frozen.path, subfolder="unet",
+                                                use_safetensors=None if m.allow_pickle else True)
+
+
+def train(config: Config, resume: Optional[str] = None) -> TrainResult:
+    """Run the training described by ``config``; ``resume`` is None, 'latest' or a checkpoint folder."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from diffusers.optimization import get_scheduler
+
+    _check(config)
+    m, d, t = config.model, config.data, config.train
+    out = Path(t.output_dir)
+    trackers = "tensorboard" if _has_tensorboard() else None
+    accelerator = Accelerator(gradient_accumulation_steps=t.gradient_accumulation_steps,
+                              mixed_precision=t.mixed_precision, log_with=trackers,
+                              project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "config.yaml")
+        remove_stale_temporaries(out)
+    accelerator.wait_for_everyone()
+
+    # 1. Frozen encoders, schedule, and the UNet to train (full or LoRA).
+    frozen = load_components(m.pretrained, device=accelerator.device, allow_pickle=m.allow_pickle,
+                             with_unet=False)
+    scheduler_config = dict(frozen.scheduler_config, **({"prediction_type": m.prediction_type}
+                                                         if m.prediction_type else {}))
+    frozen.scheduler_config = scheduler_config
+    schedule = Schedule.from_config(scheduler_config)
+    unet = _build_unet(config, frozen)
+    if config.lora.enabled:
+        from .lora import add_lora
+
+        params = add_lora(unet, config.lora)
+    else:
+        unet.requires_grad_(True)
+        params = list(unet.parameters())
+    if t.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+
+    # 2. Data: scan once (bad files skipped with a count), then the cache or on-the-fly encoding.
+    if not accelerator.is_main_process:
+        logging.getLogger("latentdiff.data").setLevel(logging.ERROR)
+    report = scan_dataset(d.root, d.caption_column)
+    transform = Transform(d.resolution, d.crop, d.flip)
+    cache_dir = Path(d.cache_dir or out / "cache") if d.cache else None
+    inputs = TrainingInputs(report.items, transform, frozen, t.seed, cache_dir, d.encode_batch_size)
+    if cache_dir is not None:
+        inputs.build_cache(rank, world, accelerator.wait_for_everyone)
+    order = SampleOrder(len(report.items), t.seed, t.batch_size, world)
+
+    # 3. Optimizer, LR schedule (counted in per-process scheduler steps, as Accelerate steps it), EMA.
+    lr = t.learning_rate * (t.batch_size * t.gradient_accumulation_steps * world if t.scale_lr else 1)
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(t.adam_beta1, t.adam_beta2),
+                                  weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
+    lr_scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps * world,
+                                 num_training_steps=t.max_steps * world)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    ema = EMA(params, t.ema_decay) if t.ema_decay else None
+
+    step = 0
+    checkpoint = resolve_resume(out, resume)
+    if checkpoint is not None:
+        step = load_checkpoint(accelerator, checkpoint, ema)
+        log.info("resumed from %s at step %d", checkpoint, step)
+    if trackers:
+        accelerator.init_trackers("latentdiff", config=_flat(config))
+
+    # 4. The loop: one iteration per optimizer step, gradient_accumulation_steps micro-steps each.
+    bar = tqdm(total=t.max_steps, initial=step, disable=not (t.progress and accelerator.is_local_main_process),
+               desc="train", dynamic_ncols=True)
+    loss_value = float("nan")
+    while step < t.max_steps:
+        for micro in range(t.gradient_accumulation_steps):
+            g = step * t.gradient_accumulation_steps + micro
+            generator = torch.Generator().manual_seed(stable_seed(t.seed, "micro", g, rank))
+            latents, text = inputs.batch(order.micro_batch(g, rank), generator)  # (B, C, h, w), (B, L, D)
+            text = drop_captions(text, inputs.empty, t.caption_dropout, generator)
+            batch = noised_batch(latents.to(accelerator.device), schedule, generator,
+                                 noise_offset=t.noise_offset, snr_gamma=t.snr_gamma)
+            with accelerator.accumulate(unet), accelerator.autocast():
+                prediction = unet(batch.x_t, batch.t, encoder_hidden_states=text.to(accelerator.device)).sample
+                loss = weighted_mse(prediction, batch.target, batch.weight)
+                _stop_if_not_finite(accelerator, loss, step, out)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and t.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, t.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update()
+        step += 1
+        loss_value = accelerator.reduce(loss.detach(), "mean").item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+        if trackers and step % t.log_every == 0:
+            accelerator.log({"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0]}, step=step)
+        if step % t.checkpoint_every == 0 or step == t.max_steps:
+            save_checkpoint(accelerator, out, step, config, ema, t.keep_checkpoints)
+        if t.validate_every and t.validation_prompts and (step % t.validate_every == 0 or step == t.max_steps):
+            _validate(accelerator, unet, frozen, ema, config, step, trackers)
+    bar.close()
+
+    # 5. Export: the EMA weights if any; LoRA as a diffusers LoRA file, else a full model folder.
+    result = TrainResult(step, loss_value, out, encoder_counts=dict(inputs.counts))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(unet)
+        with ema.swapped_in() if ema is not None else nullcontext():
+            if config.lora.enabled:
+                from .lora import save_lora
+
+                result.lora_path = save_lora(model, out / "lora")
+            else:
+                final = Components(model, frozen.vae, frozen.text_encoder, frozen.tokenizer, scheduler_config)
+                result.model_dir = save_components(final, out / "model")
+        (out / "result.json").write_text(json.dumps({"global_step": step, "loss": loss_value,
+                                                      "checkpoints": [str(p) for p in list_checkpoints(out)]}))
+    accelerator.end_training()
+    return result
+
+
+def _stop_if_not_finite(accelerator, loss: torch.Tensor, step: int, out: Path) -> None:
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).item() else 1.0], device=accelerator.device)
+    if accelerator.reduce(bad, "sum").item() > 0:
+        last = list_checkpoints(out)
+        where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+        raise TrainingError(f"the loss became non-finite at step {step + 1}; training stopped and {where}. "
+                            "Lower train.learning_rate or enable train.max_grad_norm, then --resume latest")
+
+
+def _validate(accelerator, unet, frozen: Components, ema, config: Config, step: int, trackers) -> None:
+    """Sample the validation prompts with our pipeline (EMA weights if enabled); save and log a grid."""
+    from .pipeline import Pipeline
+
+    t = config.train
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(unet)
+        model.eval()
+        with ema.swapped_in() if ema is not None else nullcontext():
+            pipe = Pipeline(Components(model, frozen.vae, frozen.text_encoder, frozen.tokenizer,
+                                       frozen.scheduler_config))
+            images = pipe(t.validation_prompts, steps=t.validation_steps, guidance=t.validation_guidance, seed=0)
+        model.train()
+        folder = Path(t.output_dir) / "validation"
+        folder.mkdir(exist_ok=True)
+        image = grid(images)
+        save_png(image, folder / f"step-{step:07d}.png")
+        if trackers:
+            import numpy as np
+
+            writer = accelerator.get_tracker("tensorboard").writer
+            writer.add_image("validation", np.asarray(image), step, dataformats="HWC")
+    accelerator.wait_for_everyone()
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+def _flat(config: Config) -> dict:
+    """Scalars of the config as 'section.key' for the tracker's hyperparameter table."""
+    out = {}
+    for section, values in config.to_dict().items():
+        for key, value in values.items():
+            out[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
