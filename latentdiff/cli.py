@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--from-file", type=Path, help="a text file with one prompt per line")
     gen.add_argument("--negative-prompt", help="what to steer away from (default: empty)")
     add_model_args(gen)
+    gen.add_argument("--lora", type=Path, help="LoRA weights (.safetensors or a folder) to apply to the UNet")
+    gen.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1)")
     gen.add_argument("--sampler", help="ddim or ddpm (default ddim)")
     gen.add_argument("--steps", type=int, help="sampling steps (default 50)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale w (default 7.5; 1 = off)")
@@ -103,7 +105,8 @@ def cmd_generate(args) -> int:
                              "to a diffusers-layout model folder")
         model = DEFAULT_MODEL
     quiet_libraries()
-    pipe = Pipeline.from_pretrained(model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle)
+    pipe = Pipeline.from_pretrained(model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
+                                    lora=args.lora, lora_scale=args.lora_scale)
     settings = dict(negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
                     guidance_rescale=args.guidance_rescale, sampler=args.sampler, eta=args.eta, seed=args.seed,
                     num_images=args.num_images, height=args.height, width=args.width)

@@ -86,6 +86,9 @@ class TrainingInputs:
         """Encode what the cache lacks (rank r takes every world-th missing entry), then load it all."""
         latent_cache = TensorCache(self.cache_dir, "latents")
         text_cache = TensorCache(self.cache_dir, "text")
+        barrier()  # every process must split the same snapshot of what is missing
+        latent_cache.refresh()
+        text_cache.refresh()
         vae_id, text_id = module_identity(self.frozen.vae), module_identity(self.frozen.text_encoder)
         flips = (False, True) if self.transform.flip else (False,)
         latent_keys = {(i, f): content_key(item.digest, self.transform.key(), f"flip={f}", vae_id)
@@ -93,7 +96,8 @@ class TrainingInputs:
         captions = sorted({c for item in self.items for c in item.captions})
         text_keys = {c: content_key(c, text_id) for c in captions}
 
-        todo = [k for k in latent_cache.missing(latent_keys.values())][rank::world]
+        todo = latent_cache.missing(latent_keys.values())[rank::world]
+        todo_text = text_cache.missing(text_keys.values())[rank::world]
         by_key = {v: k for k, v in latent_keys.items()}
         for start in range(0, len(todo), self.encode_batch_size):
             chunk = todo[start:start + self.encode_batch_size]
@@ -105,10 +109,9 @@ class TrainingInputs:
                 pixels.append(self.transform.apply(image, left, top, flipped))
             mean, std = self._encode_pixels(torch.stack(pixels))
             latent_cache.add({k: {"mean": m, "std": s} for k, m, s in zip(chunk, mean, std)})
-        todo = text_cache.missing(text_keys.values())[rank::world]
         by_key = {v: k for k, v in text_keys.items()}
-        for start in range(0, len(todo), self.encode_batch_size):
-            chunk = todo[start:start + self.encode_batch_size]
+        for start in range(0, len(todo_text), self.encode_batch_size):
+            chunk = todo_text[start:start + self.encode_batch_size]
             text_cache.add({k: {"embedding": e} for k, e in zip(chunk, self._encode_text([by_key[k] for k in chunk]))})
         barrier()
         latent_cache.refresh()

@@ -61,8 +61,17 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, model: Union[str, os.PathLike], *, dtype="fp32", device="auto",
-                        allow_pickle: bool = False) -> "Pipeline":
-        return cls(load_components(model, dtype=dtype, device=device, allow_pickle=allow_pickle))
+                        allow_pickle: bool = False, lora: Optional[Union[str, os.PathLike]] = None,
+                        lora_scale: float = 1.0) -> "Pipeline":
+        """Load a model folder; ``lora`` (a diffusers/kohya LoRA file or folder) is fused into the UNet."""
+        components = load_components(model, dtype=dtype, device=device, allow_pickle=allow_pickle)
+        pipe = cls(components)
+        if lora is not None:
+            from .lora import load_lora
+
+            load_lora(components.unet, lora, lora_scale)
+            pipe.model_name += f" + LoRA {Path(lora).resolve()} x{lora_scale:g}"
+        return pipe
 
     def save_pretrained(self, folder: Union[str, os.PathLike]) -> Path:
         folder = save_components(self.components, folder)

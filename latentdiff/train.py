@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from .cache import module_identity
 from .checkpoint import list_checkpoints, load_checkpoint, remove_stale_temporaries, resolve_resume, save_checkpoint
 from .config import Config
 from .data import Transform, scan_dataset
@@ -92,7 +93,9 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     m, d, t = config.model, config.data, config.train
     out = Path(t.output_dir)
     trackers = "tensorboard" if _has_tensorboard() else None
-    accelerator = Accelerator(gradient_accumulation_steps=t.gradient_accumulation_steps,
+    # cpu=True without CUDA makes processes started by torchrun / `accelerate launch --multi_gpu` join as MULTI_CPU
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              gradient_accumulation_steps=t.gradient_accumulation_steps,
                               mixed_precision=t.mixed_precision, log_with=trackers,
                               project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -187,6 +190,9 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
 
     # 5. Export: the EMA weights if any; LoRA as a diffusers LoRA file, else a full model folder.
     result = TrainResult(step, loss_value, out, encoder_counts=dict(inputs.counts))
+    from accelerate.utils import gather_object
+
+    digests = gather_object([module_identity(accelerator.unwrap_model(unet))])  # equal iff ranks agree
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(unet)
@@ -198,8 +204,10 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
             else:
                 final = Components(model, frozen.vae, frozen.text_encoder, frozen.tokenizer, scheduler_config)
                 result.model_dir = save_components(final, out / "model")
-        (out / "result.json").write_text(json.dumps({"global_step": step, "loss": loss_value,
-                                                      "checkpoints": [str(p) for p in list_checkpoints(out)]}))
+        (out / "result.json").write_text(json.dumps({
+            "global_step": step, "loss": loss_value, "checkpoints": [str(p) for p in list_checkpoints(out)],
+            "num_processes": world, "weights_sha256_per_rank": digests, "encoder_counts_rank0": inputs.counts,
+        }, indent=2))
     accelerator.end_training()
     return result
 

@@ -1,0 +1,229 @@
+"""Training on tiny models: loss goes down, exact resume (also after SIGKILL), cache reuse, export, LoRA."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from latentdiff.config import load_config
+from latentdiff.shapes import render_dataset
+from latentdiff.train import TrainingError, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    render_dataset(root, 8, seed=0)
+    return root
+
+
+def make_config(tmp_path, model, data, **train):
+    overrides = [f"model.pretrained={model}", f"data.root={data}", "data.resolution=64",
+                 f"train.output_dir={tmp_path / 'run'}", "train.batch_size=2", "train.max_steps=4",
+                 "train.checkpoint_every=2", "train.learning_rate=1e-3", "train.ema_decay=0.9",
+                 "train.progress=false", "train.lr_scheduler=constant_with_warmup", "train.lr_warmup_steps=2"]
+    overrides += [f"train.{k}={v}" for k, v in train.items()]
+    return load_config(None, overrides)
+
+
+def unet_weights(folder: Path) -> dict:
+    return load_file(str(next((folder / "unet").glob("*.safetensors"))))
+
+
+def ema_weights(run: Path) -> dict:
+    return load_file(str(sorted((run / "checkpoints").glob("step-*"))[-1] / "ema.safetensors"))
+
+
+def assert_same(a: dict, b: dict, tol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=tol)
+
+
+def test_training_lowers_the_loss_and_exports_a_loadable_model(tiny_models, dataset, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from latentdiff.pipeline import Pipeline
+
+    cfg = make_config(tmp_path, tiny_models[("epsilon", 8)], dataset, max_steps=30, batch_size=4,
+                      ema_decay="null", caption_dropout=0.0, checkpoint_every=100, lr_warmup_steps=0)
+    first = train(cfg)
+    log = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert log["global_step"] == 30 and len(log["checkpoints"]) == 1
+    # the same fixed evaluation batch, before (the base model) and after training
+    from latentdiff.models import load_components
+
+    def eval_loss(folder):
+        from latentdiff.inputs import TrainingInputs
+        from latentdiff.data import Transform, scan_dataset
+        from latentdiff.objective import noised_batch, weighted_mse
+
+        c = load_components(folder, device="cpu")
+        inputs = TrainingInputs(scan_dataset(dataset).items, Transform(64), c, seed=0)
+        g = torch.Generator().manual_seed(123)
+        latents, text = inputs.batch([(0, i) for i in range(8)], g)
+        batch = noised_batch(latents, c.schedule, g)
+        with torch.no_grad():
+            return weighted_mse(c.unet(batch.x_t, batch.t, encoder_hidden_states=text).sample, batch.target,
+                                batch.weight).item()
+
+    before, after = eval_loss(tiny_models[("epsilon", 8)]), eval_loss(first.model_dir)
+    assert after < 0.7 * before, (before, after)
+    pipe = StableDiffusionPipeline.from_pretrained(first.model_dir, safety_checker=None)
+    assert pipe.unet.config.sample_size == 8
+    assert Pipeline.from_pretrained(first.model_dir, device="cpu")("a red circle", steps=3)[0].size == (64, 64)
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert (sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1] / "config.yaml").is_file()
+
+
+def test_resume_continues_exactly(tiny_models, dataset, tmp_path):
+    model = tiny_models[("v_prediction", 4)]
+    straight = train(make_config(tmp_path / "a", model, dataset, snr_gamma=5.0, noise_offset=0.05))
+    make = lambda steps: make_config(tmp_path / "b", model, dataset, max_steps=steps, snr_gamma=5.0,  # noqa: E731
+                                     noise_offset=0.05)
+    train(make(2))
+    resumed = train(make(4), resume="latest")
+    assert resumed.global_step == straight.global_step == 4
+    assert_same(unet_weights(straight.model_dir), unet_weights(resumed.model_dir))
+    assert_same(ema_weights(tmp_path / "a" / "run"), ema_weights(tmp_path / "b" / "run"))
+    # the second run reused the first run's cache: no encoder work at all
+    assert resumed.encoder_counts == {"vae_images": 0, "text_prompts": 1}  # only the empty prompt
+
+
+def test_resume_after_sigkill_mid_run(tiny_models, dataset, tmp_path):
+    model = tiny_models[("epsilon", 8)]
+    common = [f"model.pretrained={model}", f"data.root={dataset}", "data.resolution=64", "train.batch_size=2",
+              "train.max_steps=30", "train.checkpoint_every=3", "train.learning_rate=1e-3",
+              "train.ema_decay=0.9", "train.progress=false"]
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "latentdiff.cli", "train", *[f"--{a}" for a in common], f"--train.output_dir={run}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / "step-0000006").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list((run / "checkpoints").glob("step-*")) and not (run / "model").exists(), "kill after a checkpoint"
+    subprocess.run(cmd + ["--resume", "latest"], env=env, check=True, capture_output=True)
+    straight = train(load_config(None, common + [f"train.output_dir={tmp_path / 'straight'}"]))
+    assert_same(unet_weights(straight.model_dir), unet_weights(run / "model"))
+    assert_same(ema_weights(tmp_path / "straight"), ema_weights(run))
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+def test_cache_is_reused_and_one_changed_caption_reencodes_only_itself(tiny_models, dataset, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    cache = tmp_path / "cache"
+    cfg = lambda out: make_config(out, tiny_models[("epsilon", 8)], data, max_steps=1)  # noqa: E731
+    first_cfg = cfg(tmp_path / "1")
+    first_cfg.data.cache_dir = str(cache)
+    first = train(first_cfg)
+    assert first.encoder_counts["vae_images"] == 8
+    second_cfg = cfg(tmp_path / "2")
+    second_cfg.data.cache_dir = str(cache)
+    assert train(second_cfg).encoder_counts == {"vae_images": 0, "text_prompts": 1}
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    rows[3]["text"] = "a brand new caption"
+    (data / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    third_cfg = cfg(tmp_path / "3")
+    third_cfg.data.cache_dir = str(cache)
+    assert train(third_cfg).encoder_counts == {"vae_images": 0, "text_prompts": 2}  # the new caption + empty
+
+
+def test_cache_and_no_cache_feed_the_same_training_inputs(tiny_models, dataset, tmp_path):
+    """The cache changes only where latents come from: every micro-batch gets the same numbers."""
+    from latentdiff.data import Transform, scan_dataset
+    from latentdiff.inputs import SampleOrder, TrainingInputs
+    from latentdiff.models import load_components
+
+    frozen = load_components(tiny_models[("epsilon", 8)], device="cpu", with_unet=False)
+    items = scan_dataset(dataset).items
+    transform = Transform(64, flip=True)
+    cached = TrainingInputs(items, transform, frozen, seed=5, cache_dir=tmp_path / "cache")
+    cached.build_cache()
+    assert cached.counts["vae_images"] == 2 * len(items)  # both orientations
+    direct = TrainingInputs(items, transform, frozen, seed=5)
+    order = SampleOrder(len(items), seed=5, batch_size=3)
+    for micro in range(6):  # crosses an epoch boundary
+        a = cached.batch(order.micro_batch(micro, 0), torch.Generator().manual_seed(micro))
+        b = direct.batch(order.micro_batch(micro, 0), torch.Generator().manual_seed(micro))
+        torch.testing.assert_close(a[0], b[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(a[1], b[1], rtol=0, atol=1e-5)
+
+
+def test_sample_order_covers_each_epoch_once_and_splits_ranks():
+    from latentdiff.inputs import SampleOrder
+
+    one = SampleOrder(10, seed=0, batch_size=2, num_processes=1)
+    two = SampleOrder(10, seed=0, batch_size=1, num_processes=2)
+    stream = [s for m in range(5) for s in one.micro_batch(m, 0)]
+    assert sorted(i for _, i in stream) == list(range(10)) and {e for e, _ in stream} == {0}
+    assert [s for m in range(5) for r in (0, 1) for s in two.micro_batch(m, r)] == stream
+    assert [i for m in range(5, 10) for _, i in one.micro_batch(m, 0)] != [i for _, i in stream]  # new epoch order
+
+
+def test_lora_trains_exports_and_loads_in_diffusers_and_generate(tiny_models, dataset, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from latentdiff.cli import main
+
+    model = tiny_models[("epsilon", 8)]
+    cfg = make_config(tmp_path, model, dataset, max_steps=3, learning_rate=1e-2)
+    cfg.lora.enabled, cfg.lora.rank = True, 4
+    result = train(cfg)
+    assert result.lora_path.name == "pytorch_lora_weights.safetensors"
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    base = pipe("a red circle", num_inference_steps=5, generator=torch.Generator().manual_seed(0)).images[0]
+    pipe.load_lora_weights(str(result.lora_path.parent))
+    with_lora = pipe("a red circle", num_inference_steps=5, generator=torch.Generator().manual_seed(0)).images[0]
+    assert np.abs(np.asarray(base, int) - np.asarray(with_lora, int)).max() > 0
+    out = tmp_path / "lora.png"
+    assert main(["generate", "a red circle", "--model", str(model), "--lora", str(result.lora_path), "--steps",
+                 "5", "--seed", "0", "-o", str(out), "--quiet"]) == 0
+    from PIL import Image
+
+    ours = np.asarray(Image.open(out), int)
+    assert np.abs(ours - np.asarray(with_lora, int)).max() <= 2  # fused LoRA vs diffusers' unfused layers
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_models, dataset, tmp_path):
+    cfg = make_config(tmp_path, tiny_models[("epsilon", 8)], dataset, max_steps=6, learning_rate=1e12,
+                      max_grad_norm=0, checkpoint_every=1, ema_decay="null")
+    with pytest.raises(TrainingError, match=r"non-finite at step \d+; training stopped and the last good checkpoint"):
+        train(cfg)
+    last = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))[-1]
+    weights = load_file(str(next(last.glob("*.safetensors"))))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_two_processes_train_in_sync(tiny_models, dataset, tmp_path):
+    """`accelerate launch` with 2 CPU processes (torchrun + gloo): one checkpoint, identical weights on both ranks."""
+    run = tmp_path / "run"
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "latentdiff.cli",
+           "train", f"--model.pretrained={tiny_models[('epsilon', 8)]}", f"--data.root={dataset}",
+           "--data.resolution=64", f"--train.output_dir={run}", "--train.batch_size=2", "--train.max_steps=3",
+           "--train.checkpoint_every=3", "--train.progress=false"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["num_processes"] == 2 and result["global_step"] == 3
+    assert [Path(p).name for p in result["checkpoints"]] == ["step-0000003"]
+    assert len(set(result["weights_sha256_per_rank"])) == 1
+    assert result["encoder_counts_rank0"]["vae_images"] == 4  # the cache was split between the ranks
