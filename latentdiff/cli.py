@@ -10,9 +10,18 @@ from pathlib import Path
 EXIT_USAGE = 2
 
 
-class OneLine(logging.Formatter):
-    def format(self, record):
-        return f"latentdiff: {record.levelname.lower()}: {record.getMessage()}"
+class OneLineToStderr(logging.Handler):
+    """Library log records as 'latentdiff: level: message' on whatever sys.stderr is now."""
+
+    def emit(self, record):
+        print(f"latentdiff: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def setup_logging() -> None:
+    logger = logging.getLogger("latentdiff")
+    if not any(isinstance(h, OneLineToStderr) for h in logger.handlers):
+        logger.addHandler(OneLineToStderr())
+    logger.setLevel(logging.INFO)
 
 
 def quiet_libraries() -> None:
@@ -148,10 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLine())
-    logging.getLogger("latentdiff").addHandler(handler)
-    logging.getLogger("latentdiff").setLevel(logging.INFO)
+    setup_logging()
     try:
         if args.command == "generate":
             return cmd_generate(args)

@@ -227,3 +227,13 @@ def test_two_processes_train_in_sync(tiny_models, dataset, tmp_path):
     assert [Path(p).name for p in result["checkpoints"]] == ["step-0000003"]
     assert len(set(result["weights_sha256_per_rank"])) == 1
     assert result["encoder_counts_rank0"]["vae_images"] == 4  # the cache was split between the ranks
+
+
+def test_bf16_mixed_precision_and_gradient_checkpointing_on_cpu(tiny_models, dataset, tmp_path):
+    cfg = make_config(tmp_path, tiny_models[("epsilon", 8)], dataset, max_steps=2, mixed_precision="bf16",
+                      gradient_checkpointing="true", validate_every=2, validation_prompts="[a red circle]",
+                      validation_steps=2)
+    result = train(cfg)
+    assert np.isfinite(result.loss)
+    assert (tmp_path / "run" / "validation" / "step-0000002.png").is_file()
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))  # TensorBoard scalars and images
