@@ -1,4 +1,4 @@
-"""`latentdiff shapes render | analyze`: write a shapes-world dataset; read attributes back from images.
+"""`latentdiff shapes render | build | analyze`: the shapes world's dataset, default model, and analyzer.
 
 :func:`add_parser` adds the ``shapes`` command to the main parser's subparsers; :func:`run` executes it
 and returns the exit code (2, with a one-line message, for a user mistake).
@@ -37,6 +37,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="replace a previous dataset in --out (its metadata.jsonl and numbered PNGs)")
     render.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
+    build = sub.add_parser(
+        "build", help="train the offline default model from scratch (VAE, CLIP, UNet) and store it",
+        description="Render the world, train stage 1 (VAE), stage 2 (CLIP text encoder) and stage 3 (UNet) "
+                    "with the recipes in --configs, and write a diffusers-layout folder in fp16. "
+                    "Finished stages in --workdir are reused, so an interrupted build continues.")
+    build.add_argument("--configs", type=Path, default=Path("configs/shapes"), help="recipe folder")
+    build.add_argument("--workdir", type=Path, default=Path("outputs/shapes-build"), help="intermediate outputs")
+    build.add_argument("--out", type=Path, default=Path("weights/shapes"), help="the model folder to write")
+    build.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
     analyze = sub.add_parser("analyze", help="print the attributes read from images, one JSON line each",
                              description="Read shape, color, size, position and background from 64×64 images.")
     analyze.add_argument("images", nargs="+", type=Path, help="image files")
@@ -67,6 +77,14 @@ def _analyze(args) -> int:
     return 0
 
 
+def _build(args) -> int:
+    from .build import build
+
+    report = build(args.configs, args.workdir, args.out, progress=not args.quiet)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``latentdiff shapes …`` from parsed arguments; returns the exit code."""
     command = getattr(args, "shapes_command", None)
@@ -74,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         args.shapes_parser.print_help()
         return EXIT_USAGE
     try:
-        return {"render": _render, "analyze": _analyze}[command](args)
+        return {"render": _render, "analyze": _analyze, "build": _build}[command](args)
     except ValueError as error:  # user mistakes: one line, exit code 2
         print(f"latentdiff shapes {command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,145 @@
+"""`latentdiff shapes build`: the offline default model from nothing, in three stages (LDM's recipe).
+
+0. render the shapes world (train split; a held-out split for reports) — ``configs/shapes/world.yaml``
+1. an AutoencoderKL (factor 4), its latent scaling factor = 1/std of latents — ``vae.yaml``
+2. a CLIP trained with open_clip; its text tower exported as a transformers CLIPTextModel — ``clip.yaml``
+3. a UNet2DConditionModel from scratch with the ordinary trainer on the rendered folder — ``unet.yaml``
+
+Each stage writes into ``workdir`` and is skipped when its output is already there, so an interrupted
+build continues. The result is a diffusers-layout folder stored in fp16, plus ``build_report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .dataset import examples, render_dataset
+
+log = logging.getLogger(__name__)
+
+SCHEDULER = {  # Stable Diffusion's noise schedule and sampler settings
+    "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "epsilon", "timestep_spacing": "leading",
+    "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False,
+}
+
+
+def _arrays(n: int, seed: int, split: str) -> tuple[np.ndarray, list[str]]:
+    images, captions = [], []
+    for image, row in examples(n, seed, split):
+        images.append(np.asarray(image))
+        captions.append(row["text"])
+    return np.stack(images), captions
+
+
+def _read(folder: Path, name: str) -> dict:
+    return yaml.safe_load((folder / name).read_text())
+
+
+def stage_vae(cfg: dict, images, heldout, out: Path, progress: bool) -> dict:
+    from ..stages.vae import latent_scaling_factor, reconstruction_psnr, train_vae, vae_config
+
+    config = vae_config(cfg["block_out_channels"], layers_per_block=cfg["layers_per_block"],
+                        norm_num_groups=cfg["norm_num_groups"], sample_size=images.shape[1])
+    vae = train_vae(images, config=config, steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+                    kl_weight=cfg["kl_weight"], seed=cfg["seed"], progress=progress, log_every=250)
+    scale = latent_scaling_factor(vae, heldout)
+    vae.register_to_config(scaling_factor=scale)
+    psnr = reconstruction_psnr(vae, heldout)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    return {"vae_psnr_heldout_db": psnr, "vae_scaling_factor": scale}
+
+
+def stage_clip(cfg: dict, images, captions, heldout, heldout_captions, out: Path, progress: bool) -> dict:
+    from ..stages.clip import clip_config, export_text_encoder, retrieval_top1, train_clip
+
+    config = clip_config(embed_dim=cfg["embed_dim"], image_size=images.shape[1], vision_width=cfg["vision_width"],
+                         vision_layers=cfg["vision_layers"], text_width=cfg["text_width"],
+                         text_layers=cfg["text_layers"], heads=cfg["heads"], context_length=cfg["context_length"])
+    model = train_clip(images, captions, config=config, steps=cfg["steps"], batch_size=cfg["batch_size"],
+                       lr=cfg["lr"], seed=cfg["seed"], progress=progress, log_every=250)
+    export_text_encoder(model, out)
+    return {"clip_text_to_image_top1_heldout": retrieval_top1(model, heldout, heldout_captions)}
+
+
+def write_base(out: Path) -> None:
+    """The stage 1+2 folder in the diffusers layout (no unet/ yet): what the UNet trainer loads as frozen."""
+    (out / "scheduler").mkdir(parents=True, exist_ok=True)
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
+    (out / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None], "safety_checker": [None, None],
+        "requires_safety_checker": False, "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
+
+
+def to_fp16_folder(model_dir: Path, dest: Path, generation: dict) -> None:
+    """Copy a model folder with every weight file stored in fp16 (loads as fp32 by default); atomic."""
+    from safetensors.torch import load_file, save_file
+
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model_dir, tmp)
+    for file in tmp.rglob("*.safetensors"):
+        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(file)).items()}
+        save_file(tensors, str(file), metadata={"format": "pt"})
+    (tmp / "latentdiff_generation.json").write_text(json.dumps(generation, indent=2))
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+def build(configs: Path, workdir: Path, dest: Path, progress: bool = True) -> dict:
+    """Run the stages that are not done yet; returns the report (also written to dest/build_report.json)."""
+    from ..config import load_config
+    from ..train import train
+
+    configs, workdir, dest = Path(configs), Path(workdir), Path(dest)
+    world = _read(configs, "world.yaml")
+    workdir.mkdir(parents=True, exist_ok=True)
+    report_file = workdir / "build_report.json"
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {"seconds": {}}
+
+    def done(stage: str, start: float, **numbers) -> None:
+        report["seconds"][stage] = round(time.perf_counter() - start, 1)
+        report.update(numbers)
+        report_file.write_text(json.dumps(report, indent=2))
+        log.info("stage %s done in %.0f s %s", stage, report["seconds"][stage], numbers or "")
+
+    start = time.perf_counter()
+    data = workdir / "data"
+    if not (data / "metadata.jsonl").is_file():
+        render_dataset(data, world["train_images"], world["seed"], overwrite=True, progress=progress)
+        done("render", start)
+    images, captions = _arrays(world["train_images"], world["seed"], "train")
+    heldout, heldout_captions = _arrays(world["heldout_images"], world["seed"] + 1, "heldout")
+    base = workdir / "base"
+    if not (base / "vae" / "config.json").is_file():
+        start = time.perf_counter()
+        done("vae", start, **stage_vae(_read(configs, "vae.yaml"), images, heldout, base, progress))
+    if not (base / "text_encoder" / "config.json").is_file():
+        start = time.perf_counter()
+        done("clip", start, **stage_clip(_read(configs, "clip.yaml"), images, captions, heldout, heldout_captions,
+                                         base, progress))
+    write_base(base)
+    if not (workdir / "unet" / "model" / "model_index.json").is_file():
+        start = time.perf_counter()
+        config = load_config(configs / "unet.yaml", [f"model.pretrained={base}", f"data.root={data}",
+                                                     f"train.output_dir={workdir / 'unet'}",
+                                                     f"train.progress={str(progress).lower()}"])
+        result = train(config, resume="latest")
+        done("unet", start, unet_final_loss=result.loss, unet_steps=result.global_step)
+    generation = json.loads((configs / "generation.json").read_text())
+    to_fp16_folder(workdir / "unet" / "model", dest, generation)
+    report["total_seconds"] = round(sum(report["seconds"].values()), 1)
+    report["size_mb"] = round(sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) / 2**20, 2)
+    report_file.write_text(json.dumps(report, indent=2))
+    (dest / "build_report.json").write_text(json.dumps(report, indent=2))
+    return report
