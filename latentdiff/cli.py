@@ -77,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", type=Path, help="YAML recipe (see configs/)")
     tr.add_argument("--resume", help="'latest' or a checkpoint folder to continue from")
 
+    ev = sub.add_parser("eval", help="prompt adherence on the shapes world, scored by the analyzer",
+                        description="Generate a fixed set of seen and held-out shapes-world prompts with several "
+                                    "seeds at guidance 1 and the model's default (or --guidance), and report the "
+                                    "analyzer's accuracy per attribute.")
+    add_model_args(ev)
+    ev.add_argument("--guidance", type=float, nargs="+", help="guidance scales (default: 1 and the model's default)")
+    ev.add_argument("--seeds", type=int, default=2, help="images per prompt (default 2)")
+    ev.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    ev.add_argument("--seen", type=int, default=48, help="prompts with seen (shape, color) pairs (default 48)")
+    ev.add_argument("--heldout", type=int, default=24, help="prompts with held-out pairs (default 24)")
+    ev.add_argument("--out", type=Path, default=Path("outputs/eval"), help="grids and JSON results (default outputs/eval)")
+    ev.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
     from .shapes import cli as shapes_cli
 
     shapes_cli.add_parser(sub)
@@ -103,16 +116,10 @@ def read_prompts(args) -> list[str]:
 
 def cmd_generate(args) -> int:
     from .images import check_writable, grid, output_paths, save_png
-    from .models import DEFAULT_MODEL, ModelError
     from .pipeline import Pipeline
 
     prompts = read_prompts(args)
-    model = args.model
-    if model is None:
-        if not DEFAULT_MODEL.is_dir():
-            raise ModelError(f"the offline default model is not in {DEFAULT_MODEL} yet; pass --model PATH "
-                             "to a diffusers-layout model folder")
-        model = DEFAULT_MODEL
+    model = resolve_model(args.model)
     quiet_libraries()
     pipe = Pipeline.from_pretrained(model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
                                     lora=args.lora, lora_scale=args.lora_scale)
@@ -130,6 +137,34 @@ def cmd_generate(args) -> int:
         path = paths[0].with_name(paths[0].stem.rsplit("-", 1)[0] + "-grid.png")
         save_png(grid([r.image for r in results], columns=cfg.num_images if len(prompts) > 1 else None), path)
         print(path)
+    return 0
+
+
+def resolve_model(model):
+    from .models import DEFAULT_MODEL, ModelError
+
+    if model is not None:
+        return model
+    if not DEFAULT_MODEL.is_dir():
+        raise ModelError(f"the offline default model is not in {DEFAULT_MODEL}; build it with `latentdiff shapes "
+                         "build` or pass --model PATH to a diffusers-layout model folder")
+    return DEFAULT_MODEL
+
+
+def cmd_eval(args) -> int:
+    from .pipeline import Pipeline
+    from .shapes.evaluate import evaluate, prompt_set, table
+
+    quiet_libraries()
+    pipe = Pipeline.from_pretrained(resolve_model(args.model), dtype=args.dtype, device=args.device,
+                                    allow_pickle=args.allow_pickle)
+    guidances = args.guidance or sorted({1.0, float(pipe.defaults.guidance)})
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds} must be at least 1")
+    results = evaluate(pipe, prompt_set(args.seen, args.heldout), guidances, seeds=args.seeds, steps=args.steps,
+                       out_dir=args.out, progress=not args.quiet)
+    print(table(results))
+    print(f"grids and readings in {args.out}/")
     return 0
 
 
@@ -163,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_generate(args)
         if args.command == "train":
             return cmd_train(args, extra)
+        if args.command == "eval":
+            return cmd_eval(args)
         if args.command == "shapes":
             from .shapes import cli as shapes_cli
 
