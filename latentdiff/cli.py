@@ -39,7 +39,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     from .models import DEFAULT_MODEL
 
     p.add_argument("--model", default=None, help=f"diffusers-layout model folder or cached hub id (default: {DEFAULT_MODEL})")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights and compute dtype")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="weights and compute dtype (auto: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when available")
     p.add_argument("--allow-pickle", action="store_true", help="also load .bin (pickle) weights; only for files you trust")
 

@@ -50,11 +50,15 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def pick_dtype(dtype: str | torch.dtype = "fp32") -> torch.dtype:
+def pick_dtype(dtype: str | torch.dtype = "fp32", device: torch.device | None = None) -> torch.dtype:
+    """'auto' is fp16 on a CUDA device (as Stable Diffusion is usually run), fp32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return torch.float16 if device is not None and device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {', '.join(map(repr, DTYPES))}")
+        choices = ", ".join(map(repr, ("auto", *DTYPES)))
+        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {choices}")
     return DTYPES[dtype]
 
 
@@ -153,8 +157,8 @@ def load_components(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    torch_dtype = pick_dtype(dtype)
     device = device if isinstance(device, torch.device) else pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
     path = resolve_model_path(model).resolve()
     check_model_folder(path, need_unet=with_unet)
     for folder in ("unet", "vae", "text_encoder") if with_unet else ("vae", "text_encoder"):

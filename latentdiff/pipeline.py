@@ -60,7 +60,7 @@ class Pipeline:
         self.model_name = str(components.path) if components.path is not None else "<in memory>"
 
     @classmethod
-    def from_pretrained(cls, model: Union[str, os.PathLike], *, dtype="fp32", device="auto",
+    def from_pretrained(cls, model: Union[str, os.PathLike], *, dtype="auto", device="auto",
                         allow_pickle: bool = False, lora: Optional[Union[str, os.PathLike]] = None,
                         lora_scale: float = 1.0) -> "Pipeline":
         """Load a model folder; ``lora`` (a diffusers/kohya LoRA file or folder) is fused into the UNet."""

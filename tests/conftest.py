@@ -14,7 +14,9 @@ from tiny import save_tiny  # noqa: E402
 def tiny_models(tmp_path_factory):
     """Folders of tiny random SD models: {(prediction_type, vae_factor): path}."""
     root = tmp_path_factory.mktemp("models")
-    return {
+    models = {
         (p, f): save_tiny(root / f"{p}-f{f}", prediction_type=p, vae_factor=f)
         for p, f in [("epsilon", 8), ("v_prediction", 4)]
     }
+    models["sd2"] = save_tiny(root / "sd2", prediction_type="v_prediction", vae_factor=8, sd2=True)
+    return models

@@ -12,13 +12,14 @@ SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=
                     clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading")
 
 
-def tiny_components(prediction_type="epsilon", vae_factor=8, seed=0, context=16, sample_size=8):
+def tiny_components(prediction_type="epsilon", vae_factor=8, seed=0, context=16, sample_size=8, sd2=False):
+    """sd2=True: Stable Diffusion 2.x's layout traits (linear projections, per-block head dims, '!' padding)."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
-        norm_num_groups=32,
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=(2, 4) if sd2 else 8, use_linear_projection=sd2, norm_num_groups=32,
     )
     levels = {4: 3, 8: 4}[vae_factor]
     vae = AutoencoderKL(
@@ -28,9 +29,10 @@ def tiny_components(prediction_type="epsilon", vae_factor=8, seed=0, context=16,
     )
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=context, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        max_position_embeddings=context, bos_token_id=49406, eos_token_id=49407, pad_token_id=0 if sd2 else 49407,
+        hidden_act="gelu" if sd2 else "quick_gelu",
     ))
-    tokenizer = build_clip_tokenizer(context)
+    tokenizer = build_clip_tokenizer(context, pad_token="!" if sd2 else "<|endoftext|>")
     scheduler = DDIMScheduler(**SD_SCHEDULER, prediction_type=prediction_type)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
