@@ -1,0 +1,37 @@
+"""The committed offline default model: complete, within budget, loads in diffusers and in latentdiff alike."""
+
+import numpy as np
+import pytest
+import torch
+
+from latentdiff.models import DEFAULT_MODEL
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL / "model_index.json").is_file(),
+                                reason="weights/shapes is not built in this checkout")
+
+
+def test_size_budget_and_fp16_storage():
+    from safetensors import safe_open
+
+    size = sum(f.stat().st_size for f in DEFAULT_MODEL.rglob("*") if f.is_file())
+    assert size <= 40 * 2**20, f"{size / 2**20:.1f} MB"
+    for file in DEFAULT_MODEL.rglob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            assert all(f.get_slice(k).get_dtype() in ("F16", "I64") for k in f.keys())
+
+
+def test_same_image_as_diffusers():
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from latentdiff.pipeline import Pipeline
+
+    prompt = "a large red circle in the top left corner on a white background"
+    ref = StableDiffusionPipeline.from_pretrained(DEFAULT_MODEL, torch_dtype=torch.float32, safety_checker=None)
+    ref.scheduler = DDIMScheduler.from_config(ref.scheduler.config)
+    ref.set_progress_bar_config(disable=True)
+    theirs = np.asarray(ref(prompt, num_inference_steps=10, guidance_scale=4.0,
+                            generator=torch.Generator().manual_seed(3)).images[0], dtype=int)
+    ours = np.asarray(Pipeline.from_pretrained(DEFAULT_MODEL, device="cpu")(prompt, steps=10, guidance=4.0, seed=3)[0],
+                      dtype=int)
+    assert ours.shape == (64, 64, 3)
+    assert np.abs(ours - theirs).max() <= 1
