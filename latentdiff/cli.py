@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, default=Path("outputs/eval"), help="grids and JSON results (default outputs/eval)")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
+    from .edit import commands as edit_commands
+
+    edit_commands.add_parsers(sub, add_model_args)
+
     from .shapes import cli as shapes_cli
 
     shapes_cli.add_parser(sub)
@@ -201,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, extra)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command in ("edit", "invert"):
+            from .edit import commands as edit_commands
+
+            return getattr(edit_commands, f"cmd_{args.command}")(args)
         if args.command == "shapes":
             from .shapes import cli as shapes_cli
 

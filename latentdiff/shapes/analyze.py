@@ -163,6 +163,24 @@ def _classify_shape(features: tuple[float, float, float]) -> str:
     return min(PROTOTYPES, key=lambda s: float(((f - np.asarray(PROTOTYPES[s]) / FEATURE_SCALE) ** 2).sum()))
 
 
+def _segment(image):
+    """(pixels, background name, observed background RGB, distance to it, the object's blob mask)."""
+    a = _as_array(image)  # (64, 64, 3)
+    if _noise_sigma(_border(a)) > NOISE_SIGMA:  # grainy: a 3×3 box blur averages the grain away
+        a = np.asarray(Image.fromarray(a.astype(np.uint8)).filter(ImageFilter.BoxBlur(1)), dtype=np.float64)
+    border = _border(a)
+    names = _nearest(border, BACKGROUNDS)
+    winner = int(np.bincount(names, minlength=len(BACKGROUNDS)).argmax())
+    bg = np.median(border[names == winner], axis=0)  # the observed background color
+    distance = np.linalg.norm(a - bg, axis=-1)  # (64, 64)
+    return a, list(BACKGROUNDS)[winner], bg, distance, _largest_component(distance > MASK_DISTANCE)
+
+
+def object_mask(image) -> np.ndarray:
+    """Boolean (64, 64) mask of the object: the largest region far from the background color."""
+    return _segment(image)[-1]
+
+
 def analyze(image, details: bool = False) -> dict:
     """Attributes of the one object in a 64×64 RGB image (PIL image or uint8 / [0, 1]-float array).
 
@@ -170,19 +188,9 @@ def analyze(image, details: bool = False) -> dict:
     the object's attributes when no object is found. Other image sizes are box-resized to 64×64 first.
     With ``details=True`` the measurements are added under "features".
     """
-    a = _as_array(image)  # (64, 64, 3)
+    a, background, bg, distance, blob = _segment(image)
     h, w, _ = a.shape
-    if _noise_sigma(_border(a)) > NOISE_SIGMA:  # grainy: a 3×3 box blur averages the grain away
-        a = np.asarray(Image.fromarray(a.astype(np.uint8)).filter(ImageFilter.BoxBlur(1)), dtype=np.float64)
-    border = _border(a)
-    names = _nearest(border, BACKGROUNDS)
-    winner = int(np.bincount(names, minlength=len(BACKGROUNDS)).argmax())
-    background = list(BACKGROUNDS)[winner]
-    bg = np.median(border[names == winner], axis=0)  # the observed background color
     result = {"shape": NONE, "color": NONE, "size": NONE, "position": NONE, "background": background}
-
-    distance = np.linalg.norm(a - bg, axis=-1)  # (64, 64)
-    blob = _largest_component(distance > MASK_DISTANCE)
     if not MIN_OBJECT_PIXELS <= blob.sum() <= MAX_OBJECT_FRACTION * h * w:
         return result
     core = blob.copy()

@@ -1,0 +1,149 @@
+"""`latentdiff edit | invert | eval-edit`: edit a real image by inversion and prompt-to-prompt control."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("latentdiff.edit")
+
+PRESETS = ("fast", "reference")
+
+
+def add_parsers(sub, add_model_args) -> None:
+    inv = sub.add_parser("invert", help="invert an image once; reuse it for many edits with edit --inversion",
+                         description="Invert a real image (DDIM / null-text / negative-prompt / direct) and save it.")
+    _image_args(inv, add_model_args)
+    inv.add_argument("--output", "-o", type=Path, default=Path("outputs/inversion.safetensors"))
+
+    edit = sub.add_parser("edit", help="edit a real image: change its description, keep the rest",
+                          description="Invert --image with --source-prompt, then sample --target-prompt from the "
+                                      "inversion with prompt-to-prompt attention control. Writes the input, the "
+                                      "reconstruction and the edit side by side, plus each alone.")
+    _image_args(edit, add_model_args)
+    edit.add_argument("--target-prompt", required=True, help="the description with your change")
+    edit.add_argument("--inversion", type=Path, help="a file from `latentdiff invert` (skips inverting again)")
+    edit.add_argument("--cross-replace", type=float, default=0.8, help="fraction of steps with the source's "
+                      "cross-attention (default 0.8)")
+    edit.add_argument("--self-replace", type=float, default=0.4, help="fraction of steps with the source's "
+                      "self-attention (default 0.4)")
+    edit.add_argument("--reweight", nargs="+", default=[], metavar="WORD=FACTOR",
+                      help="scale the attention to words of the target prompt, e.g. red=2")
+    edit.add_argument("--blend", nargs="+", default=[], metavar="WORD",
+                      help="local blending: change only where these words attend")
+    edit.add_argument("--mode", choices=["auto", "replace", "refine"], default="auto",
+                      help="word swap (same token count) or refinement (added words); auto picks")
+    edit.add_argument("--output", "-o", type=Path, default=Path("outputs/edit.png"))
+
+
+def _image_args(p: argparse.ArgumentParser, add_model_args) -> None:
+    p.add_argument("--image", type=Path, required=False, help="the image to edit (any size and mode)")
+    p.add_argument("--source-prompt", help="what the image shows")
+    p.add_argument("--method", choices=["nti", "npi", "direct", "ddim"], default="nti",
+                   help="inversion: null-text (default), negative-prompt, direct, or plain DDIM")
+    p.add_argument("--preset", choices=PRESETS, default="fast",
+                   help="null-text settings: fast (default) or reference (the paper's)")
+    add_model_args(p)
+    p.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="recorded for reproducibility (DDIM η=0 is deterministic)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _components(args):
+    from ..cli import quiet_libraries, resolve_model
+    from ..models import load_components
+
+    quiet_libraries()
+    if args.dtype not in ("auto", "fp32"):
+        raise ValueError(f"--dtype {args.dtype}: inversion and editing run in fp32 (null-text optimization needs "
+                         "it); drop --dtype")
+    return load_components(resolve_model(args.model), dtype="fp32", device=args.device,
+                           allow_pickle=args.allow_pickle)
+
+
+def _invert(args, components):
+    from .image_input import default_edit_size, encode_image, load_edit_image
+    from .inversion import NTI_FAST, NTI_REFERENCE, invert
+
+    if args.image is None or args.source_prompt is None:
+        raise ValueError("pass --image PATH and --source-prompt TEXT (or --inversion FILE for edit)")
+    image, notes = load_edit_image(args.image, default_edit_size(components), multiple_of=components.vae_scale_factor)
+    for note in notes:
+        log.info("%s: %s", args.image, note)
+    start = time.perf_counter()
+    inversion = invert(components, encode_image(components, image), args.source_prompt, method=args.method,
+                       steps=args.steps, guidance=args.guidance,
+                       preset=NTI_REFERENCE if args.preset == "reference" else NTI_FAST, progress=not args.quiet)
+    log.info("inverted with %s in %.1f s", args.method, time.perf_counter() - start)
+    return image, inversion
+
+
+def cmd_invert(args) -> int:
+    from ..images import check_writable
+
+    check_writable(args.output)
+    components = _components(args)
+    _, inversion = _invert(args, components)
+    print(inversion.save(args.output))
+    return 0
+
+
+def parse_reweight(items) -> dict[str, float]:
+    out = {}
+    for item in items:
+        word, sep, factor = item.rpartition("=")
+        try:
+            out[word] = float(factor)
+        except ValueError:
+            sep = ""
+        if not sep or not word:
+            raise ValueError(f"--reweight {item!r} must look like WORD=FACTOR, e.g. red=2")
+    return out
+
+
+def cmd_edit(args) -> int:
+    from ..images import check_writable, grid, save_png
+    from ..models import decode_latents, to_uint8
+    from .attention import AttentionController
+    from .image_input import default_edit_size, load_edit_image
+    from .inversion import Inversion, sample_edit
+    from PIL import Image
+
+    reweight = parse_reweight(args.reweight)
+    if args.output.suffix.lower() != ".png":
+        raise ValueError(f"output '{args.output}' must end in .png")
+    check_writable(args.output)
+    components = _components(args)
+    if args.inversion is not None:
+        size = default_edit_size(components)
+        inversion = Inversion.load(args.inversion, components, size)
+        if args.source_prompt and args.source_prompt != inversion.source_prompt:
+            raise ValueError(f"--source-prompt differs from the inversion's ({inversion.source_prompt!r}); "
+                             "drop it or invert again")
+        image = load_edit_image(args.image, size, multiple_of=components.vae_scale_factor)[0] if args.image else None
+    else:
+        image, inversion = _invert(args, components)
+    controller = AttentionController(components.tokenizer, inversion.source_prompt, args.target_prompt,
+                                     inversion.steps, cross_replace=args.cross_replace,
+                                     self_replace=args.self_replace, reweight=reweight or None,
+                                     blend_words=args.blend or None, mode=args.mode)
+    with torch.no_grad(), controller.installed(components.unet):
+        latents = sample_edit(components, inversion, args.target_prompt, guidance=args.guidance,
+                              controller=controller, progress=not args.quiet)
+        reconstruction, edited = (Image.fromarray(a) for a in to_uint8(decode_latents(components, latents)))
+    params = dict(inversion.settings, target_prompt=args.target_prompt, cross_replace=args.cross_replace,
+                  self_replace=args.self_replace, reweight=reweight, blend=args.blend, mode=controller.mode,
+                  model=str(components.path), seed=args.seed, image=str(args.image) if args.image else None)
+    out = args.output
+    save_png(reconstruction, out.with_name(f"{out.stem}-reconstruction.png"), dict(params, output="reconstruction"))
+    save_png(edited, out.with_name(f"{out.stem}-edit.png"), dict(params, output="edit"))
+    panels = ([image] if image is not None else []) + [reconstruction, edited]
+    save_png(grid(panels, columns=len(panels)), out, dict(params, output="input | reconstruction | edit"))
+    for path in (out, out.with_name(f"{out.stem}-reconstruction.png"), out.with_name(f"{out.stem}-edit.png")):
+        print(path)
+    return 0

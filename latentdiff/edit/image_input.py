@@ -1,0 +1,114 @@
+"""The image to edit: any size and mode in, an RGB image of the model's size out (with notes of what was done).
+
+    load_edit_image(path, size, multiple_of=1) -> (Image.Image, notes)   # resize shorter side, center crop
+    default_edit_size(components) -> (height, width)                     # unet.sample_size × VAE factor
+    encode_image(components, image) -> (1, C, H/f, W/f)                  # scaled posterior mean
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..data import ALPHA_MODES, DECODERS, MAX_LEVEL, RESAMPLE, to_rgb
+from ..models import Components, encode_images, scale_latents
+
+EXIF_ORIENTATION = 0x0112
+Size = Union[int, tuple[int, int]]  # a side, or (height, width)
+MODE_NAMES = {"1": "1-bit", "L": "grayscale (L)", "P": "palette (P)", "CMYK": "CMYK", "YCbCr": "YCbCr",
+              "LAB": "Lab", "HSV": "HSV", "I": "32-bit integer grayscale (I)", "F": "floating-point grayscale (F)"}
+
+
+def _pair(size: Size) -> tuple[int, int]:
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return int(height), int(width)
+
+
+def default_edit_size(components: Components) -> tuple[int, int]:
+    """(height, width) in pixels that the UNet was built for: sample_size × the VAE factor."""
+    side = components.unet.config.sample_size * components.vae_scale_factor
+    return side, side
+
+
+def _mode_note(image: Image.Image) -> str | None:
+    mode = image.mode
+    if mode in ALPHA_MODES or "transparency" in image.info:
+        return f"converted {mode} with transparency to RGB on white"
+    if mode.startswith("I;16"):
+        return f"converted 16-bit grayscale ({mode}) to 8-bit RGB"
+    if mode != "RGB":
+        return f"converted {MODE_NAMES.get(mode, mode)} to RGB"
+    return None
+
+
+def load_edit_image(path: Union[str, os.PathLike], size: Size, *,
+                    multiple_of: int = 1) -> tuple[Image.Image, list[str]]:
+    """The image at ``path`` as 8-bit RGB of ``size``: EXIF orientation applied, transparency put on white,
+    the shorter side resized (Lanczos) to cover ``size``, then center-cropped. Returns (image, notes) where
+    notes say, in words, every change made. ValueError (one line) when the file cannot be read as an image.
+    """
+    height, width = _pair(size)
+    if height < 1 or width < 1 or height % multiple_of or width % multiple_of:
+        raise ValueError(f"image size {width}×{height} (width×height) must be positive multiples of the VAE factor "
+                         f"{multiple_of}")
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data), formats=DECODERS) as opened:
+            opened.load()
+            rotated = opened.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9)
+            image = ImageOps.exif_transpose(opened)
+    except FileNotFoundError:
+        raise ValueError(f"image '{path}' does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"image '{path}' is a folder; pass an image file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        kinds = ", ".join(DECODERS)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot read image '{path}' ({reason}); use a {kinds} file") from None
+
+    notes = []
+    if rotated:
+        notes.append("rotated by its EXIF orientation")
+    note = _mode_note(image)
+    if note:
+        notes.append(note)
+    image = to_rgb(image)
+
+    w, h = image.size
+    scale = max(width / w, height / h)  # cover the target, then crop the excess of the longer side
+    resized = (max(width, round(w * scale)), max(height, round(h * scale)))
+    steps = []
+    if resized != (w, h):
+        image = image.resize(resized, RESAMPLE)
+        steps.append(f"{'upscaled' if scale > 1 else 'resized'} {w}×{h} → {resized[0]}×{resized[1]}")
+    if resized != (width, height):
+        left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+        steps.append(f"center-cropped to {width}×{height}")
+    if steps:
+        notes.append(", ".join(steps))
+    return image, notes
+
+
+def image_to_pixels(image: Image.Image) -> torch.Tensor:
+    """(1, 3, H, W) float32 in [-1, 1] from an 8-bit RGB image."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)  # (3, H, W)
+    return torch.from_numpy(np.ascontiguousarray(array))[None] / (MAX_LEVEL / 2) - 1
+
+
+def encode_image(components: Components, image: Image.Image) -> torch.Tensor:
+    """Diffusion latents (1, C, H/f, W/f) float32 of an image: the scaled mean of q(z | x), as null-text
+    inversion encodes (Mokady et al. 2022, official code: ``vae.encode(image).latent_dist.mean``)."""
+    factor = components.vae_scale_factor
+    if image.width % factor or image.height % factor:
+        raise ValueError(f"image size {image.width}×{image.height} is not a multiple of the VAE factor {factor}; "
+                         "load it with load_edit_image")
+    mean, _ = encode_images(components, image_to_pixels(image))
+    return scale_latents(components, mean).float().clone()  # clone: a normal tensor, usable with autograd
