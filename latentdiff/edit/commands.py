@@ -111,27 +111,38 @@ def cmd_edit(args) -> int:
     from ..models import decode_latents, to_uint8
     from .attention import AttentionController
     from .image_input import default_edit_size, load_edit_image
-    from .inversion import Inversion, sample_edit
     from PIL import Image
+
+    from ..pipeline import GenerationConfig
+    from .inversion import Inversion, sample_edit
 
     reweight = parse_reweight(args.reweight)
     if args.output.suffix.lower() != ".png":
         raise ValueError(f"output '{args.output}' must end in .png")
     check_writable(args.output)
     components = _components(args)
+    inversion, image = None, None
     if args.inversion is not None:
         size = default_edit_size(components)
         inversion = Inversion.load(args.inversion, components, size)
         if args.source_prompt and args.source_prompt != inversion.source_prompt:
             raise ValueError(f"--source-prompt differs from the inversion's ({inversion.source_prompt!r}); "
                              "drop it or invert again")
-        image = load_edit_image(args.image, size, multiple_of=components.vae_scale_factor)[0] if args.image else None
+    source = inversion.source_prompt if inversion is not None else args.source_prompt
+    if inversion is not None:
+        steps = inversion.steps
     else:
+        steps = args.steps if args.steps is not None else GenerationConfig.for_model(components.path).steps
+    components.schedule.timesteps(steps)  # validate everything before the (slow) inversion
+    if source is None:
+        raise ValueError("pass --source-prompt TEXT (what the image shows) or --inversion FILE")
+    controller = AttentionController(components.tokenizer, source, args.target_prompt, steps,
+                                     cross_replace=args.cross_replace, self_replace=args.self_replace,
+                                     reweight=reweight or None, blend_words=args.blend or None, mode=args.mode)
+    if inversion is None:
         image, inversion = _invert(args, components)
-    controller = AttentionController(components.tokenizer, inversion.source_prompt, args.target_prompt,
-                                     inversion.steps, cross_replace=args.cross_replace,
-                                     self_replace=args.self_replace, reweight=reweight or None,
-                                     blend_words=args.blend or None, mode=args.mode)
+    elif args.image is not None:
+        image = load_edit_image(args.image, inversion.size, multiple_of=components.vae_scale_factor)[0]
     with torch.no_grad(), controller.installed(components.unet):
         latents = sample_edit(components, inversion, args.target_prompt, guidance=args.guidance,
                               controller=controller, progress=not args.quiet)

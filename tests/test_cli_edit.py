@@ -1,0 +1,80 @@
+"""`latentdiff edit` / `invert`: files written, inversion reuse, and one-line errors with exit code 2."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latentdiff.cli import main
+from latentdiff.images import read_params
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    """An RGBA photo of an odd size: the edit input is converted and center-cropped, with notes."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (70, 90, 4), dtype=np.uint8)
+    path = tmp_path / "photo.png"
+    Image.fromarray(pixels, "RGBA").save(path)
+    return path
+
+
+def run(capsys, *argv):
+    capsys.readouterr()
+    try:
+        code = main([*map(str, argv), "--quiet"])
+    except SystemExit as exit:  # argparse's own usage errors
+        code = exit.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_edit_writes_side_by_side_and_each_alone(tiny_models, photo, tmp_path, capsys):
+    model = tiny_models[("epsilon", 8)]
+    code, out, err = run(capsys, "edit", "--image", photo, "--source-prompt", "a red circle", "--target-prompt",
+                         "a blue circle", "--model", model, "--steps", "4", "--method", "npi", "-o",
+                         tmp_path / "e.png")
+    assert code == 0, err
+    assert "converted RGBA" in err and "center-cropped" in err
+    side = Image.open(tmp_path / "e.png")
+    assert side.size == (3 * 64, 64)
+    params = read_params(tmp_path / "e-edit.png")
+    assert params["target_prompt"] == "a blue circle" and params["method"] == "npi" and params["mode"] == "replace"
+    recon = np.asarray(Image.open(tmp_path / "e-reconstruction.png"))
+    assert np.array_equal(np.asarray(side)[:, 64:128], recon)
+
+
+def test_invert_then_edit_reuses_the_inversion(tiny_models, photo, tmp_path, capsys):
+    model = tiny_models[("epsilon", 8)]
+    inv = tmp_path / "inv.safetensors"
+    assert run(capsys, "invert", "--image", photo, "--source-prompt", "a red circle", "--model", model,
+               "--steps", "4", "--method", "nti", "-o", inv)[0] == 0
+    direct = run(capsys, "edit", "--image", photo, "--source-prompt", "a red circle", "--target-prompt",
+                 "a red square", "--model", model, "--steps", "4", "--method", "nti", "-o", tmp_path / "a.png")
+    reused = run(capsys, "edit", "--inversion", inv, "--target-prompt", "a red square", "--model", model,
+                 "-o", tmp_path / "b.png")
+    assert direct[0] == reused[0] == 0, reused[2]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "a-edit.png")), np.asarray(Image.open(tmp_path / "b-edit.png")))
+    # an inversion from another model is refused
+    code, _, err = run(capsys, "edit", "--inversion", inv, "--target-prompt", "a red square", "--model",
+                       tiny_models["sd2"], "-o", tmp_path / "c.png")
+    assert code == 2 and "another model" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--image", "NOPE", "--source-prompt", "a red circle"], "NOPE"),
+    (["--image", "PHOTO", "--source-prompt", "a red circle", "--steps", "0"], "steps=0"),
+    (["--image", "PHOTO", "--source-prompt", "a red circle", "--mode", "replace", "--target-prompt2"], "same number of tokens"),
+    (["--image", "PHOTO", "--source-prompt", "a red circle", "--method", "magic"], "invalid choice: 'magic'"),
+    (["--image", "PHOTO", "--source-prompt", "a red circle", "--reweight", "red"], "must look like WORD=FACTOR"),
+    (["--image", "PHOTO", "--source-prompt", "a red circle", "--dtype", "fp16"], "run in fp32"),
+])
+def test_edit_mistakes(extra, message, tiny_models, photo, tmp_path, capsys):
+    (tmp_path / "NOPE").write_bytes(b"not an image")
+    target = "a big red circle" if "--target-prompt2" in extra else "a blue circle"
+    extra = [a for a in extra if a != "--target-prompt2"]
+    argv = ["edit", "--target-prompt", target, "--model", tiny_models[("epsilon", 8)], "-o", tmp_path / "x.png",
+            *[{"NOPE": tmp_path / "NOPE", "PHOTO": photo}.get(a, a) for a in extra]]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.glob("x*.png"))
