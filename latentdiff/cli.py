@@ -212,10 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, extra)
         if args.command == "eval":
             return cmd_eval(args)
-        if args.command in ("edit", "invert"):
+        if args.command in ("edit", "invert", "eval-edit"):
             from .edit import commands as edit_commands
 
-            return getattr(edit_commands, f"cmd_{args.command}")(args)
+            return getattr(edit_commands, f"cmd_{args.command.replace('-', '_')}")(args)
         if args.command == "shapes":
             from .shapes import cli as shapes_cli
 

@@ -78,3 +78,16 @@ def test_edit_mistakes(extra, message, tiny_models, photo, tmp_path, capsys):
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.glob("x*.png"))
+
+
+def test_eval_edit_reports_every_method_against_the_vae_ceiling(tiny_models, tmp_path, capsys):
+    import json
+
+    code, out, err = run(capsys, "eval-edit", "--model", tiny_models[("epsilon", 8)], "--images", "1", "--steps",
+                         "3", "--methods", "ddim", "direct", "--out", tmp_path)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "edit_metrics.json").read_text())
+    assert set(summary) == {"vae", "ddim", "direct"}
+    # direct inversion's source branch follows the pivot back to the image latent: exactly the VAE round trip
+    assert summary["direct"]["psnr"] == pytest.approx(summary["vae"]["psnr"], abs=1e-6)
+    assert "| VAE round trip (ceiling) |" in out and (tmp_path / "edits.png").is_file()
