@@ -175,7 +175,7 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            ema.update()
+            ema.update(step)
         step += 1
         loss_value = accelerator.reduce(loss.detach(), "mean").item()
         bar.update(1)

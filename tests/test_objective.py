@@ -58,3 +58,22 @@ def test_weighted_mse_by_hand():
     pred, target = torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)
     target[1] *= 2
     assert weighted_mse(pred, target, torch.tensor([1.0, 0.5])).item() == (1.0 + 0.5 * 4.0) / 2
+
+
+def test_ema_warms_up_like_diffusers_and_averages_by_hand():
+    from diffusers.training_utils import EMAModel
+
+    from latentdiff.ema import EMA
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = EMA([p], decay=0.999)
+    reference = EMAModel([torch.nn.Parameter(torch.zeros(3))], decay=0.999)
+    expected = torch.zeros(3)
+    for step in range(30):
+        with torch.no_grad():
+            p.add_(1.0)
+        ema.update(step)
+        d = 0.0 if step == 0 else min(0.999, (1 + step) / (10 + step))
+        expected = d * expected + (1 - d) * p.detach()
+        assert abs(ema.decay_at(step) - reference.get_decay(step + 1)) < 1e-12  # diffusers counts from 1
+    torch.testing.assert_close(ema.shadow[0], expected)
