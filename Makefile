@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # torch/torchvision pinned here only: this pair is served from the local disk (fast); other pins download GBs.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow bench weights clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/latentdiff --help
-	$(BIN)/latentdiff selfcheck
+	$(BIN)/latentdiff generate --from-file configs/demo-prompts.txt --num-images 2 -o outputs/demo/image.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -28,6 +27,11 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sampler_overhead.py
+	$(BIN)/python benchmarks/generate_speed.py
+	$(BIN)/python benchmarks/train_speed.py
+
+weights: $(STAMP)
+	$(BIN)/latentdiff shapes build --configs configs/shapes --workdir outputs/shapes-build --out weights/shapes
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
