@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -92,28 +91,13 @@ def unet_limit(path: Path, steps: int, repeats: int) -> float:
     return steps * statistics.median(times)
 
 
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def measure_rss(kind: str, path: str, steps: int) -> None:
     """In a fresh process: peak RSS (MiB) while loading and generating, and its rise over the post-import RSS."""
-    import threading
+    from benchmarks.rss import PeakRSS
 
-    base, peak, done = rss_mib(), [rss_mib()], threading.Event()
-
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mib())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=poll)
-    thread.start()
-    load(kind, Path(path))(steps)
-    done.set()
-    thread.join()
-    print(json.dumps({"peak": peak[0], "rise": peak[0] - base}))
+    with PeakRSS() as memory:
+        load(kind, Path(path))(steps)
+    print(json.dumps({"peak": memory.peak, "rise": memory.rise}))
 
 
 def peak_rss(kind: str, path: Path, steps: int) -> dict:

@@ -5,7 +5,7 @@
 Same UNet (Stable Diffusion 1.5's layout at 1/5 width), same frozen VAE and text encoder, same data and
 batch size, same threads. Ours is timed as the marginal cost of a step of `latentdiff.train.train`
 ((time of a long run − time of a short run) / extra steps, so start-up and cache building are excluded;
-the cache is built once before). The reference loop encodes every batch through the VAE and the text
+the cache is built once before). Every measurement runs in a fresh process. The reference loop encodes every batch through the VAE and the text
 encoder, as diffusers' `train_text_to_image.py` does. The limit is the UNet forward + backward +
 AdamW step alone on tensors already in memory. Peak RSS of each mode is measured in a fresh process.
 """
@@ -129,19 +129,26 @@ def limit_loop(model: Path, steps: int, batch: int, resolution: int) -> list[flo
 
 
 def child(mode: str, model: str, data: str, out: str, steps: int, batch: int, resolution: int) -> None:
-    """Entry point of a measured subprocess: run one mode, print its peak RSS (MiB)."""
-    import resource
+    """One measurement in a fresh process (a process that already trained runs later loops slower):
+    prints {"seconds": per-step (loops) or whole-run (ours) time, "rss_mib", "rise_mib"}."""
+    from benchmarks.rss import PeakRSS
 
     model, data, out = Path(model), Path(data), Path(out)
-    if mode == "ours-cache":
-        run_ours(model, data, out, steps, batch, resolution, True)
-    elif mode == "ours-nocache":
-        run_ours(model, data, out, steps, batch, resolution, False)
-    elif mode == "reference":
-        reference_loop(model, data, steps, batch, resolution)
-    else:
-        limit_loop(model, steps, batch, resolution)
-    print(json.dumps({"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    with PeakRSS() as memory:
+        if mode.startswith("ours"):
+            seconds = run_ours(model, data, out, steps, batch, resolution, cache=mode == "ours-cache")
+        else:
+            loop = reference_loop(model, data, steps + 2, batch, resolution) if mode == "reference" else \
+                limit_loop(model, steps + 2, batch, resolution)
+            seconds = statistics.median(loop[2:])
+    print(json.dumps({"seconds": seconds, "rss_mib": memory.peak, "rise_mib": memory.rise}))
+
+
+def measure(mode: str, model: Path, data: Path, out: Path, steps: int, batch: int, resolution: int) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.train_speed", "--child", mode, str(model), str(data), str(out),
+           str(steps), str(batch), str(resolution)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -154,34 +161,27 @@ def main():
     if args.child:
         mode, model, data, out, steps, batch, res = args.child
         return child(mode, model, data, out, int(steps), int(batch), int(res))
-    import logging
-
-    logging.getLogger("latentdiff").setLevel(logging.ERROR)
     b, n, r = args.batch_size, args.steps, args.resolution
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {b}, {r}px, {n} timed steps\n")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {b}, {r}px, {n} timed steps, "
+          "each measurement in a fresh process\n")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model, data = build(tmp, r)
-        run_ours(model, data, tmp / "warm", 1, b, r, True)  # builds the cache once
-        short, extra = 3, n
-        per_step = {}
-        for mode, cache in (("ours-cache", True), ("ours-nocache", False)):
-            t_short = run_ours(model, data, tmp / f"{mode}-s", short, b, r, cache)
-            t_long = run_ours(model, data, tmp / f"{mode}-l", short + extra, b, r, cache)
-            per_step[mode] = (t_long - t_short) / extra
-        per_step["reference"] = statistics.median(reference_loop(model, data, n + 2, b, r)[2:])
-        per_step["limit"] = statistics.median(limit_loop(model, n + 2, b, r)[2:])
-        rss = {}
-        for mode in per_step:
-            cmd = [sys.executable, __file__, "--child", mode, str(model), str(data), str(tmp / f"rss-{mode}"),
-                   "5", str(b), str(r)]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            rss[mode] = json.loads(done.stdout.strip().splitlines()[-1])["rss_mib"]
-    print("| mode | s/step | samples/s | vs reference | vs limit | peak RSS (MiB) |")
-    print("|---|---:|---:|---:|---:|---:|")
+        measure("ours-cache", model, data, tmp / "warm", 1, b, r)  # builds the cache once
+        short = 3
+        per_step, rss = {}, {}
+        for mode in ("ours-cache", "ours-nocache"):
+            a = measure(mode, model, data, tmp / f"{mode}-s", short, b, r)
+            z = measure(mode, model, data, tmp / f"{mode}-l", short + n, b, r)
+            per_step[mode], rss[mode] = (z["seconds"] - a["seconds"]) / n, z
+        for mode in ("reference", "limit"):
+            rss[mode] = measure(mode, model, data, tmp / mode, n, b, r)
+            per_step[mode] = rss[mode]["seconds"]
+    print("| mode | s/step | samples/s | speed vs reference | time vs limit | peak RSS (MiB) | RSS rise (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for mode, s in per_step.items():
-        print(f"| {mode} | {s:.3f} | {b / s:.1f} | {per_step['reference'] / s:.2f}x faster | "
-              f"{s / per_step['limit']:.2f}x | {rss[mode]:.0f} |")
+        print(f"| {mode} | {s:.3f} | {b / s:.1f} | {per_step['reference'] / s:.2f}x | "
+              f"{s / per_step['limit']:.2f}x | {rss[mode]['rss_mib']:.0f} | {rss[mode]['rise_mib']:.0f} |")
 
 
 if __name__ == "__main__":
