@@ -230,6 +230,10 @@ def test_two_processes_train_in_sync(tiny_models, dataset, tmp_path):
 
 
 def test_bf16_mixed_precision_and_gradient_checkpointing_on_cpu(tiny_models, dataset, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    # Accelerate keeps one state per process; other tests in this process already set mixed_precision="no"
+    AcceleratorState._reset_state(reset_partial_state=True)
     cfg = make_config(tmp_path, tiny_models[("epsilon", 8)], dataset, max_steps=2, mixed_precision="bf16",
                       gradient_checkpointing="true", validate_every=2, validation_prompts="[a red circle]",
                       validation_steps=2)
@@ -237,3 +241,4 @@ def test_bf16_mixed_precision_and_gradient_checkpointing_on_cpu(tiny_models, dat
     assert np.isfinite(result.loss)
     assert (tmp_path / "run" / "validation" / "step-0000002.png").is_file()
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))  # TensorBoard scalars and images
+    AcceleratorState._reset_state(reset_partial_state=True)
