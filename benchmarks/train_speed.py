@@ -72,6 +72,14 @@ def run_ours(model: Path, data: Path, out: Path, steps: int, batch: int, resolut
     return time.perf_counter() - start
 
 
+def unet_update(unet, opt, x_t, t, emb, target) -> None:
+    """UNet forward + backward + clipping + AdamW step: the part every mode shares."""
+    F.mse_loss(unet(x_t, t, emb).sample, target).backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad()
+
+
 def reference_loop(model: Path, data: Path, steps: int, batch: int, resolution: int) -> list[float]:
     """diffusers' example: every step loads images, VAE-encodes, tokenizes and text-encodes, then trains."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -98,12 +106,7 @@ def reference_loop(model: Path, data: Path, steps: int, batch: int, resolution: 
             emb = text(ids)[0]
         noise = torch.randn_like(latents)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,))
-        pred = unet(sched.add_noise(latents, noise, t), t, emb).sample
-        loss = F.mse_loss(pred, noise)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
+        unet_update(unet, opt, sched.add_noise(latents, noise, t), t, emb, noise)
         times.append(time.perf_counter() - start)
     return times
 
@@ -119,11 +122,7 @@ def limit_loop(model: Path, steps: int, batch: int, resolution: int) -> list[flo
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        loss = F.mse_loss(unet(x, t, emb).sample, x)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
+        unet_update(unet, opt, x, t, emb, x)
         times.append(time.perf_counter() - start)
     return times
 
