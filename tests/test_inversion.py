@@ -64,9 +64,13 @@ def inversions(conditioned, z0):
 # --- DDIM inversion is diffusers' DDIMInverseScheduler -------------------------------------------
 
 
-@pytest.mark.parametrize("kind", [("epsilon", 8), ("v_prediction", 4)])
-def test_pivot_matches_diffusers_inverse_scheduler(tiny_models, kind):
+@pytest.mark.parametrize("kind, zero_snr", [(("epsilon", 8), False), (("v_prediction", 4), False),
+                                            (("v_prediction", 4), True)])
+def test_pivot_matches_diffusers_inverse_scheduler(tiny_models, kind, zero_snr):
+    """zero_snr: the default model's schedule (zero terminal SNR, trailing), inverting up to ᾱ_T = 0."""
     c = load_components(tiny_models[kind], device="cpu")
+    if zero_snr:
+        c.scheduler_config = dict(c.scheduler_config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
     x = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(1))
     cond = encode_prompts(c, [PROMPT])
     scheduler = DDIMInverseScheduler.from_config(c.scheduler_config)
