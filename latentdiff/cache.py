@@ -25,9 +25,20 @@ def content_key(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
 
 
+# Config entries that record where and by which library version a model was loaded, not what it computes.
+_PROVENANCE = ("_name_or_path", "_diffusers_version", "transformers_version", "_commit_hash")
+
+
 def module_identity(module: torch.nn.Module) -> str:
-    """sha256 over a module's config and weights: changes whenever the encoder changes."""
-    h = hashlib.sha256(json.dumps(getattr(module, "config", {}), sort_keys=True, default=str).encode())
+    """sha256 over a module's config and weights: changes whenever the encoder changes, and only then.
+
+    The same weights loaded from another folder (or saved by another library version) keep their
+    identity, so a cache built for one training run serves the next.
+    """
+    config = getattr(module, "config", {})
+    config = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+    config = {k: v for k, v in config.items() if k not in _PROVENANCE}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())

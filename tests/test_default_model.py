@@ -35,3 +35,13 @@ def test_same_image_as_diffusers():
                       dtype=int)
     assert ours.shape == (64, 64, 3)
     assert np.abs(ours - theirs).max() <= 1
+
+
+def test_recipe_schedule_is_the_shipped_one():
+    """`make weights` trains on configs/shapes/scheduler.json: it must be the schedule the weights carry."""
+    import json
+    from pathlib import Path
+
+    recipe = json.loads((Path(__file__).parents[1] / "configs" / "shapes" / "scheduler.json").read_text())
+    shipped = json.loads((DEFAULT_MODEL / "scheduler" / "scheduler_config.json").read_text())
+    assert {k: shipped.get(k) for k in recipe} == recipe

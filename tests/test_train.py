@@ -144,6 +144,26 @@ def test_cache_is_reused_and_one_changed_caption_reencodes_only_itself(tiny_mode
     assert train(third_cfg).encoder_counts == {"vae_images": 0, "text_prompts": 2}  # the new caption + empty
 
 
+def test_cache_survives_moving_the_model_folder(tiny_models, dataset, tmp_path):
+    """The cache is keyed by what the encoders compute, not by the folder they were loaded from."""
+    import shutil
+
+    from latentdiff.cache import module_identity
+
+    moved = tmp_path / "moved-model"
+    shutil.copytree(tiny_models[("epsilon", 8)], moved)
+    cfg = lambda out, model: make_config(out, model, dataset, max_steps=1)  # noqa: E731
+    first_cfg, second_cfg = cfg(tmp_path / "1", tiny_models[("epsilon", 8)]), cfg(tmp_path / "2", moved)
+    first_cfg.data.cache_dir = second_cfg.data.cache_dir = str(tmp_path / "cache")
+    assert train(first_cfg).encoder_counts["vae_images"] == 8
+    assert train(second_cfg).encoder_counts == {"vae_images": 0, "text_prompts": 1}  # 1: the empty prompt
+    changed = torch.nn.Linear(2, 2)
+    before = module_identity(changed)
+    with torch.no_grad():
+        changed.weight[0, 0] += 1e-3
+    assert module_identity(changed) != before
+
+
 def test_cache_and_no_cache_feed_the_same_training_inputs(tiny_models, dataset, tmp_path):
     """The cache changes only where latents come from: every micro-batch gets the same numbers."""
     from latentdiff.data import Transform, scan_dataset

@@ -3,7 +3,8 @@
 0. render the shapes world (train split; a held-out split for reports) — ``configs/shapes/world.yaml``
 1. an AutoencoderKL (factor 4), its latent scaling factor = 1/std of latents — ``vae.yaml``
 2. a CLIP trained with open_clip; its text tower exported as a transformers CLIPTextModel — ``clip.yaml``
-3. a UNet2DConditionModel from scratch with the ordinary trainer on the rendered folder — ``unet.yaml``
+3. a UNet2DConditionModel from scratch with the ordinary trainer on the rendered folder — ``unet.yaml``,
+   on the noise schedule of ``scheduler.json`` (a diffusers DDIMScheduler config)
 
 Each stage writes into ``workdir`` and is skipped when its output is already there, so an interrupted
 build continues. The result is a diffusers-layout folder stored in fp16, plus ``build_report.json``.
@@ -24,11 +25,6 @@ from .dataset import examples, render_dataset
 
 log = logging.getLogger(__name__)
 
-SCHEDULER = {  # Stable Diffusion's noise schedule and sampler settings
-    "_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "epsilon", "timestep_spacing": "leading",
-    "steps_offset": 1, "clip_sample": False, "set_alpha_to_one": False,
-}
 
 
 def _arrays(n: int, seed: int, split: str) -> tuple[np.ndarray, list[str]]:
@@ -69,10 +65,13 @@ def stage_clip(cfg: dict, images, captions, heldout, heldout_captions, out: Path
     return {"clip_text_to_image_top1_heldout": retrieval_top1(model, heldout, heldout_captions)}
 
 
-def write_base(out: Path) -> None:
-    """The stage 1+2 folder in the diffusers layout (no unet/ yet): what the UNet trainer loads as frozen."""
+def write_base(out: Path, scheduler: dict) -> None:
+    """The stage 1+2 folder in the diffusers layout (no unet/ yet): what the UNet trainer loads as frozen.
+
+    ``scheduler`` is the noise schedule the UNet is trained on and sampled with (``scheduler.json``).
+    """
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER, indent=2))
+    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
     (out / "model_index.json").write_text(json.dumps({
         "_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None], "safety_checker": [None, None],
         "requires_safety_checker": False, "scheduler": ["diffusers", "DDIMScheduler"],
@@ -128,7 +127,7 @@ def build(configs: Path, workdir: Path, dest: Path, progress: bool = True) -> di
         start = time.perf_counter()
         done("clip", start, **stage_clip(_read(configs, "clip.yaml"), images, captions, heldout, heldout_captions,
                                          base, progress))
-    write_base(base)
+    write_base(base, json.loads((configs / "scheduler.json").read_text()))
     if not (workdir / "unet" / "model" / "model_index.json").is_file():
         start = time.perf_counter()
         config = load_config(configs / "unet.yaml", [f"model.pretrained={base}", f"data.root={data}",
