@@ -67,7 +67,7 @@ def inversions(conditioned, z0):
 @pytest.mark.parametrize("kind, zero_snr", [(("epsilon", 8), False), (("v_prediction", 4), False),
                                             (("v_prediction", 4), True)])
 def test_pivot_matches_diffusers_inverse_scheduler(tiny_models, kind, zero_snr):
-    """zero_snr: the default model's schedule (zero terminal SNR, trailing), inverting up to ᾱ_T = 0."""
+    """zero_snr: a zero-terminal-SNR schedule with trailing timesteps (Lin et al.), inverting up to ᾱ_T = 0."""
     c = load_components(tiny_models[kind], device="cpu")
     if zero_snr:
         c.scheduler_config = dict(c.scheduler_config, rescale_betas_zero_snr=True, timestep_spacing="trailing")

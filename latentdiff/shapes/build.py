@@ -26,7 +26,6 @@ from .dataset import examples, render_dataset
 log = logging.getLogger(__name__)
 
 
-
 def _arrays(n: int, seed: int, split: str) -> tuple[np.ndarray, list[str]]:
     images, captions = [], []
     for image, row in examples(n, seed, split):
