@@ -88,6 +88,7 @@ def test_eval_edit_reports_every_method_against_the_vae_ceiling(tiny_models, tmp
     assert code == 0, err
     summary = json.loads((tmp_path / "edit_metrics.json").read_text())
     assert set(summary) == {"vae", "ddim", "direct"}
-    # direct inversion's source branch follows the pivot back to the image latent: exactly the VAE round trip
-    assert summary["direct"]["psnr"] == pytest.approx(summary["vae"]["psnr"], abs=1e-6)
+    # direct inversion's source branch follows the pivot back to the image latent: the VAE round trip, up to
+    # float rounding (the reconstruction is the source half of the batched edit, not a batch of its own)
+    assert summary["direct"]["psnr"] == pytest.approx(summary["vae"]["psnr"], abs=1e-3)
     assert "| VAE round trip (ceiling) |" in out and (tmp_path / "edits.png").is_file()

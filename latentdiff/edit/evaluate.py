@@ -21,7 +21,7 @@ from ..metrics import psnr, ssim
 from ..models import Components, decode_latents, to_uint8
 from .attention import AttentionController
 from .image_input import encode_image
-from .inversion import NTI_FAST, NTISettings, invert, reconstruct, sample_edit
+from .inversion import NTI_FAST, NTISettings, invert, sample_edit
 
 IOU_TARGET = 0.8
 
@@ -84,13 +84,13 @@ def evaluate_editing(components: Components, n_images: int = 8, methods: Sequenc
             inv = invert(components, latents, caption, method=method, steps=steps, guidance=guidance,
                          preset=preset, progress=progress)
             rows[method]["seconds"].append(time.perf_counter() - start)
-            recon = _decode(components, reconstruct(components, inv))[0]
-            rows[method]["psnr"].append(psnr(image, recon))
-            rows[method]["ssim"].append(ssim(image, recon))
             controller = AttentionController(components.tokenizer, caption, target, inv.steps,
                                              cross_replace=cross_replace, self_replace=self_replace)
             with torch.no_grad(), controller.installed(components.unet):
-                edited = _decode(components, sample_edit(components, inv, target, controller=controller))[1]
+                # the source branch is the reconstruction: the controller only ever changes the edited branch
+                recon, edited = _decode(components, sample_edit(components, inv, target, controller=controller))
+            rows[method]["psnr"].append(psnr(image, recon))
+            rows[method]["ssim"].append(ssim(image, recon))
             rows[method]["color_ok"].append(analyze(edited)["color"] == target_color)
             rows[method]["iou"].append(iou(source_mask, object_mask(edited)))
             row_panels += [recon, edited]
