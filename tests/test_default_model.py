@@ -18,6 +18,7 @@ def test_size_budget_and_fp16_storage():
     for file in DEFAULT_MODEL.rglob("*.safetensors"):
         with safe_open(file, "pt") as f:
             assert all(f.get_slice(k).get_dtype() in ("F16", "I64") for k in f.keys())
+    assert all("_name_or_path" not in f.read_text() for f in DEFAULT_MODEL.rglob("config.json"))
 
 
 def test_same_image_as_diffusers():

@@ -155,3 +155,34 @@ def test_vae_training_is_deterministic_given_the_seed():
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_shipping_copy_is_fp16_without_build_paths_and_generates_the_same(tiny_models, tmp_path):
+    """`shapes build`'s last step: fp16 weights, no build-machine folder names, same images (to fp16 rounding)."""
+    import json
+    import shutil
+
+    from safetensors import safe_open
+
+    from latentdiff.pipeline import Pipeline
+    from latentdiff.shapes.build import to_fp16_folder
+
+    source = tmp_path / "trained"
+    shutil.copytree(tiny_models[("epsilon", 8)], source)
+    vae_config = source / "vae" / "config.json"
+    vae_config.write_text(json.dumps({**json.loads(vae_config.read_text()), "_name_or_path": str(tmp_path)}))
+    (tmp_path / "shipped").mkdir()  # an older version there is replaced, never merged
+    (tmp_path / "shipped" / "stale.txt").write_text("old")
+    to_fp16_folder(source, tmp_path / "shipped", {"guidance": 4.0})
+
+    shipped = tmp_path / "shipped"
+    assert not (shipped / "stale.txt").exists() and not list(tmp_path.glob(".shipped*"))
+    assert json.loads((shipped / "latentdiff_generation.json").read_text()) == {"guidance": 4.0}
+    assert all("_name_or_path" not in json.loads(f.read_text()) for f in shipped.rglob("config.json"))
+    for file in shipped.rglob("*.safetensors"):
+        with safe_open(file, "pt") as f:
+            assert all(f.get_slice(k).get_dtype() in ("F16", "I64") for k in f.keys())
+    run = dict(steps=4, guidance=3.0, seed=1)
+    ours = np.asarray(Pipeline.from_pretrained(shipped, device="cpu")("a red circle", **run)[0], dtype=int)
+    ref = np.asarray(Pipeline.from_pretrained(source, device="cpu")("a red circle", **run)[0], dtype=int)
+    assert np.abs(ours - ref).max() <= 2

@@ -79,7 +79,9 @@ def write_base(out: Path, scheduler: dict) -> None:
 
 
 def to_fp16_folder(model_dir: Path, dest: Path, generation: dict) -> None:
-    """Copy a model folder with every weight file stored in fp16 (loads as fp32 by default); atomic."""
+    """Copy a model folder with every weight file stored in fp16 (loads as fp32 by default); atomic.
+
+    Configs lose ``_name_or_path``: the build machine's folder names mean nothing to a user."""
     from safetensors.torch import load_file, save_file
 
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -88,6 +90,10 @@ def to_fp16_folder(model_dir: Path, dest: Path, generation: dict) -> None:
     for file in tmp.rglob("*.safetensors"):
         tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(file)).items()}
         save_file(tensors, str(file), metadata={"format": "pt"})
+    for file in tmp.rglob("config.json"):
+        config = json.loads(file.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (tmp / "latentdiff_generation.json").write_text(json.dumps(generation, indent=2))
     if dest.exists():
         shutil.rmtree(dest)
