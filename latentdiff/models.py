@@ -274,6 +274,18 @@ def decode_latents(components: Components, latents: torch.Tensor) -> torch.Tenso
     return (vae.decode(latents.to(vae.dtype)).sample / 2 + 0.5).clamp(0, 1).float()
 
 
+def vae_round_trip(components: Components, images: Sequence) -> list:
+    """PIL images (all one size, a multiple of the VAE factor) → encode to the posterior mean → decode → PIL."""
+    import numpy as np
+    from PIL import Image
+
+    from .stages import to_pixels
+
+    mean, _ = encode_images(components, to_pixels(torch.from_numpy(np.stack([np.asarray(i.convert("RGB"))
+                                                                             for i in images]))))
+    return [Image.fromarray(a) for a in to_uint8(decode_latents(components, scale_latents(components, mean)))]
+
+
 def to_uint8(images: torch.Tensor):
     """(B, 3, H, W) in [0, 1] → list of (H, W, 3) uint8 arrays, rounded as diffusers rounds."""
     array = images.permute(0, 2, 3, 1).cpu().numpy()

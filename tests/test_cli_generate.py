@@ -82,3 +82,16 @@ def test_pickle_weights_are_refused_by_default(tiny_models, tmp_path, capsys):
         f.rename(f.with_name("diffusion_pytorch_model.bin"))
     code, _, err = run(capsys, "generate", "x", "--model", str(path), "--quiet")
     assert code == 2 and "only pickle weights (.bin)" in err
+
+
+def test_eval_prints_accuracy_per_guidance_and_the_vae_ceiling(tiny_models, tmp_path, capsys):
+    import json
+
+    code, out, err = run(capsys, "eval", "--model", str(tiny_models[("v_prediction", 4)]), "--seen", "2", "--heldout", "1",
+                         "--seeds", "1", "--steps", "2", "--guidance", "1", "3", "--out", str(tmp_path), "-q")
+    assert code == 0, err
+    accuracy = json.loads((tmp_path / "accuracy.json").read_text())
+    assert list(accuracy) == ["1.0", "3.0", "VAE round trip"]
+    assert set(accuracy["VAE round trip"]) == {"seen", "heldout"}
+    assert "| VAE round trip | seen |" in out and "| 3 | heldout |" in out
+    assert (tmp_path / "grid-guidance-3.png").is_file() and (tmp_path / "readings.json").is_file()

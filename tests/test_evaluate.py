@@ -44,3 +44,43 @@ def test_perfect_images_score_100_and_a_wrong_attribute_scores_low(tmp_path):
     assert seen["position"] < 0.5 and seen["shape"] == 1.0 and seen["color"] == 1.0
     assert (tmp_path / "grid-guidance-3.png").is_file() and (tmp_path / "accuracy.json").is_file()
     assert "| 3 | seen | 100.0% |" in table(perfect)
+
+
+def test_round_trip_ceiling_reads_true_renderings_through_the_given_round_trip():
+    from PIL import Image, ImageFilter
+
+    from latentdiff.shapes.evaluate import ROUND_TRIP, round_trip_ceiling
+
+    prompts = prompt_set(8, 4)
+    seen_images = []
+
+    def identity(images):
+        seen_images.extend(images)
+        return images
+
+    perfect = round_trip_ceiling(identity, prompts, seeds=2, chunk=5)
+    assert len(seen_images) == 24 and all(acc == 1.0 for accs in perfect.values() for acc in accs.values())
+    blank = round_trip_ceiling(lambda images: [Image.new("RGB", i.size, (128, 128, 128)) for i in images], prompts)
+    assert blank["seen"]["shape"] < 0.5 and blank["seen"]["color"] < 0.5
+    blurred = round_trip_ceiling(lambda images: [i.filter(ImageFilter.BoxBlur(3)) for i in images], prompts)
+    assert blurred["seen"]["shape"] < perfect["seen"]["shape"]
+    assert f"| {ROUND_TRIP} | seen | 100.0% |" in table({ROUND_TRIP: perfect})
+
+
+def test_vae_round_trip_of_the_model_matches_encode_then_decode(tiny_models):
+    import torch
+
+    from diffusers import AutoencoderKL
+
+    from latentdiff.models import load_components, vae_round_trip
+
+    path = tiny_models[("v_prediction", 4)]
+    images = [render(p, np.random.default_rng(i)) for i, p in enumerate(prompt_set(2, 1))]
+    out = vae_round_trip(load_components(path, device="cpu"), images)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+    pixels = torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():  # diffusers alone: the posterior mean decoded, no scaling factor in between
+        expected = ((vae.decode(vae.encode(pixels).latent_dist.mean).sample / 2 + 0.5).clamp(0, 1) * 255).round()
+    assert [o.size for o in out] == [(64, 64)] * 3
+    diff = np.abs(np.stack([np.asarray(o, dtype=int) for o in out]) - expected.permute(0, 2, 3, 1).int().numpy())
+    assert diff.max() <= 1
