@@ -92,3 +92,14 @@ def test_eval_edit_reports_every_method_against_the_vae_ceiling(tiny_models, tmp
     # float rounding (the reconstruction is the source half of the batched edit, not a batch of its own)
     assert summary["direct"]["psnr"] == pytest.approx(summary["vae"]["psnr"], abs=1e-3)
     assert "| VAE round trip (ceiling) |" in out and (tmp_path / "edits.png").is_file()
+
+    code, _, err = run(capsys, "eval-edit", "--model", tiny_models[("epsilon", 8)], "--cross-replace", "1.5")
+    assert code == 2 and err.strip() == ("latentdiff eval-edit: error: --cross-replace 1.5 must be a fraction of "
+                                         "the steps in [0, 1]")
+    # the fractions reach the word-swap controller: no cross-attention replacement changes the edit
+    code, _, err = run(capsys, "eval-edit", "--model", tiny_models[("epsilon", 8)], "--images", "1", "--steps", "3",
+                       "--methods", "ddim", "--cross-replace", "0", "--self-replace", "0", "--out", tmp_path / "none")
+    assert code == 0, err
+    none = json.loads((tmp_path / "none" / "edit_metrics.json").read_text())
+    assert none["ddim"]["psnr"] == pytest.approx(summary["ddim"]["psnr"])
+    assert none["ddim"]["iou_mean"] != pytest.approx(summary["ddim"]["iou_mean"], abs=1e-9)

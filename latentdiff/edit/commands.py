@@ -51,6 +51,10 @@ def add_parsers(sub, add_model_args) -> None:
     ev.add_argument("--preset", choices=PRESETS, default="fast", help="null-text settings (default fast)")
     ev.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
     ev.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    ev.add_argument("--cross-replace", type=float, default=0.8, help="word swap: fraction of steps with the "
+                    "source's cross-attention maps (default 0.8)")
+    ev.add_argument("--self-replace", type=float, default=0.4, help="word swap: fraction of steps with the "
+                    "source's self-attention maps (default 0.4)")
     ev.add_argument("--out", type=Path, default=Path("outputs/eval-edit"))
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -61,9 +65,13 @@ def cmd_eval_edit(args) -> int:
 
     if args.images < 1:
         raise ValueError(f"--images {args.images} must be at least 1")
+    for flag, value in (("--cross-replace", args.cross_replace), ("--self-replace", args.self_replace)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{flag} {value} must be a fraction of the steps in [0, 1]")
     components = _components(args)
     summary = evaluate_editing(components, args.images, args.methods, steps=args.steps, guidance=args.guidance,
-                               preset=NTI_REFERENCE if args.preset == "reference" else NTI_FAST, out_dir=args.out,
+                               preset=NTI_REFERENCE if args.preset == "reference" else NTI_FAST,
+                               cross_replace=args.cross_replace, self_replace=args.self_replace, out_dir=args.out,
                                progress=not args.quiet)
     print(table(summary))
     print(f"images and JSON in {args.out}/")
