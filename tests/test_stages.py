@@ -148,29 +148,6 @@ def test_vae_training_lowers_reconstruction_loss_and_scaling_factor_is_one_over_
     assert vae.config.scaling_factor == factor
 
 
-def test_edge_term_is_the_l1_of_neighbour_differences_and_enters_the_loss():
-    from latentdiff.stages.vae import edge_l1
-
-    x = torch.zeros(1, 1, 4, 4)
-    x[..., :, 2:] = 1.0  # a vertical edge between columns 1 and 2
-    y = x.clone()
-    y[..., :, 1] = 0.5  # the same edge blurred over two columns: equal L1 per row, but a different gradient
-    # dx of x per row: (0, 1, 0); of y: (0.5, 0.5, 0) → |diff| sums to 1 per row over 3 values; dy all zero
-    assert edge_l1(y, x).item() == pytest.approx((4 * 1.0 / 12 + 0.0) / 2)
-    assert edge_l1(x, x).item() == 0.0 and edge_l1(x + 0.3, x).item() == pytest.approx(0.0, abs=1e-7)
-
-    images, _ = synthetic_shapes(8, size=16)
-    config = vae_config((8, 8, 8), layers_per_block=1, norm_num_groups=4, sample_size=16)
-    logs = []
-    train_vae(images, config=config, steps=2, batch_size=2, kl_weight=1e-3, edge_weight=0.7, seed=0, device="cpu",
-              callback=logs.append)
-    for entry in logs:
-        assert entry["edge"] > 0
-        assert entry["loss"] == pytest.approx(entry["rec"] + 1e-3 * entry["kl"] + 0.7 * entry["edge"], rel=1e-5)
-    with pytest.raises(ValueError, match="edge_weight"):
-        train_vae(images, config=config, steps=1, edge_weight=-1.0, device="cpu")
-
-
 def test_vae_training_is_deterministic_given_the_seed():
     images, _ = synthetic_shapes(8, size=16)
     config = vae_config((8, 8, 8), layers_per_block=1, norm_num_groups=4, sample_size=16)

@@ -44,7 +44,7 @@ def stage_vae(cfg: dict, images, heldout, out: Path, progress: bool) -> dict:
     config = vae_config(cfg["block_out_channels"], layers_per_block=cfg["layers_per_block"],
                         norm_num_groups=cfg["norm_num_groups"], sample_size=images.shape[1])
     vae = train_vae(images, config=config, steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-                    kl_weight=cfg["kl_weight"], edge_weight=cfg.get("edge_weight", 0.0), seed=cfg["seed"], progress=progress, log_every=250)
+                    kl_weight=cfg["kl_weight"], seed=cfg["seed"], progress=progress, log_every=250)
     scale = latent_scaling_factor(vae, heldout)
     vae.register_to_config(scaling_factor=scale)
     psnr = reconstruction_psnr(vae, heldout)

@@ -6,11 +6,6 @@ the number of pixel values D = 3·H·W so that the logged reconstruction term is
     loss = ( Σ_pixels |x − D(z)| + kl_weight · KL(q(z|x) ‖ N(0, I)) ) / D,    z ~ q(z|x)
 
 ``kl_weight`` therefore has LDM's meaning (1e-6 in its f4/f8 KL autoencoders).
-
-``edge_weight`` adds a gradient-difference term (Mathieu et al. 2016), the mean L1 between the horizontal and
-vertical pixel differences of x and D(z): a blurred edge or a rounded corner costs little L1 when the object is
-a few pixels of a mostly flat image, but it moves all of that object's gradients. It stands in, cheaply and
-without pretrained weights, for the edge-sharpening role of LDM's perceptual and GAN terms.
 """
 
 from __future__ import annotations
@@ -47,8 +42,7 @@ def vae_config(
 
 
 class _VAELoss(torch.nn.Module):
-    """encode → sample → decode → (mean L1, KL per pixel value, mean L1 of the pixel differences); one module so
-    that DDP sees one forward."""
+    """encode → sample → decode → (mean L1, KL per pixel value); one module so that DDP sees one forward."""
 
     def __init__(self, vae):
         super().__init__()
@@ -58,15 +52,7 @@ class _VAELoss(torch.nn.Module):
         posterior = self.vae.encode(x).latent_dist  # mean, std: (B, 4, H/f, W/f)
         recon = self.vae.decode(posterior.sample(generator)).sample  # (B, 3, H, W)
         values = x[0].numel()
-        recon = recon.float()
-        return (recon - x).abs().mean(), posterior.kl().float().mean() / values, edge_l1(recon, x)
-
-
-def edge_l1(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mean L1 between the horizontal and between the vertical neighbour differences of (B, C, H, W) images."""
-    dx = (y[..., :, 1:] - y[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])
-    dy = (y[..., 1:, :] - y[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
-    return (dx.abs().mean() + dy.abs().mean()) / 2
+        return (recon.float() - x).abs().mean(), posterior.kl().float().mean() / values
 
 
 def train_vae(
@@ -77,7 +63,6 @@ def train_vae(
     batch_size: int = 32,
     lr: float = 5e-4,
     kl_weight: float = 1e-6,
-    edge_weight: float = 0.0,
     warmup: int = 200,
     hflip: bool = True,
     seed: int = 0,
@@ -91,14 +76,12 @@ def train_vae(
 
     AdamW with linear warmup and cosine decay to 10 % of ``lr``; gradients clipped to norm 1. Horizontal flips
     (``hflip``) are an augmentation the autoencoder is indifferent to. ``callback`` gets
-    ``{"step", "loss", "rec", "kl", "edge", "lr"}`` after every step. Same seed, same device → same weights.
+    ``{"step", "loss", "rec", "kl", "lr"}`` after every step. Same seed, same device → same weights.
     """
     from accelerate.utils import set_seed
     from diffusers import AutoencoderKL
 
     images = as_uint8_images(images)
-    if edge_weight < 0 or kl_weight < 0:
-        raise ValueError(f"kl_weight and edge_weight must be ≥ 0, got {kl_weight} and {edge_weight}")
     if steps < 0 or batch_size < 1:
         raise ValueError(f"steps must be ≥ 0 and batch_size ≥ 1, got steps={steps}, batch_size={batch_size}")
     accelerator = make_accelerator(device, mixed_precision)
@@ -123,14 +106,14 @@ def train_vae(
         for group in optimizer.param_groups:
             group["lr"] = lr * factor
         with accelerator.autocast():
-            rec, kl, edge = model(x, generator=noise)
-        loss = rec + kl_weight * kl + edge_weight * edge
+            rec, kl = model(x, generator=noise)
+        loss = rec + kl_weight * kl
         accelerator.backward(loss)
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        logs = {"step": step + 1, "loss": loss.item(), "rec": rec.item(), "kl": kl.item(), "edge": edge.item(), "lr": lr * factor}
+        logs = {"step": step + 1, "loss": loss.item(), "rec": rec.item(), "kl": kl.item(), "lr": lr * factor}
         if callback is not None:
             callback(logs)
         if log_every and (step + 1) % log_every == 0:
