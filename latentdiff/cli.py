@@ -164,11 +164,9 @@ def resolve_model(model):
 
 
 def cmd_eval(args) -> int:
-    from .pipeline import Pipeline
-    import json
-
     from .models import vae_round_trip
-    from .shapes.evaluate import ROUND_TRIP, evaluate, prompt_set, round_trip_ceiling, table
+    from .pipeline import Pipeline
+    from .shapes.evaluate import ROUND_TRIP, evaluate, prompt_set, table
 
     quiet_libraries()
     pipe = Pipeline.from_pretrained(resolve_model(args.model), dtype=args.dtype, device=args.device,
@@ -176,12 +174,9 @@ def cmd_eval(args) -> int:
     guidances = args.guidance or sorted({1.0, float(pipe.defaults.guidance)})
     if args.seeds < 1:
         raise ValueError(f"--seeds {args.seeds} must be at least 1")
-    prompts = prompt_set(args.seen, args.heldout)
-    results = evaluate(pipe, prompts, guidances, seeds=args.seeds, steps=args.steps, out_dir=args.out,
-                       progress=not args.quiet)
-    results[ROUND_TRIP] = round_trip_ceiling(lambda images: vae_round_trip(pipe.components, images), prompts,
-                                             seeds=args.seeds)
-    (args.out / "accuracy.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=2))
+    results = evaluate(pipe, prompt_set(args.seen, args.heldout), guidances, seeds=args.seeds, steps=args.steps,
+                       out_dir=args.out, progress=not args.quiet,
+                       round_trip=lambda images: vae_round_trip(pipe.components, images))
     print(table(results))
     print(f"('{ROUND_TRIP}': true renderings of the same prompts through the model's VAE alone, the ceiling)")
     print(f"grids and readings in {args.out}/")

@@ -18,6 +18,8 @@ from .analyze import analyze
 from .captions import POSITION_PHRASES
 from .world import ATTRIBUTES, sample_attributes
 
+ROUND_TRIP = "VAE round trip"  # the results key of the VAE's ceiling (see round_trip_ceiling)
+
 
 def canonical_caption(attrs: dict) -> str:
     """Every attribute stated, in the most common template."""
@@ -36,16 +38,24 @@ def prompt_set(n_seen: int = 48, n_heldout: int = 24, seed: int = 1234) -> list[
     return out
 
 
+def accuracy(scored: Sequence[tuple[dict, dict]]) -> dict:
+    """{split: {attribute: fraction read right}} from (prompt, analyzer reading) pairs; splits without pairs left out."""
+    by_split = {s: [(p, r) for p, r in scored if p["split"] == s] for s in ("seen", "heldout")}
+    return {s: {a: sum(r[a] == p[a] for p, r in pairs) / len(pairs) for a in ATTRIBUTES}
+            for s, pairs in by_split.items() if pairs}
+
+
 def evaluate(pipe, prompts: Sequence[dict], guidances: Sequence[float], seeds: int = 2, steps: int | None = None,
-             chunk: int = 24, out_dir: Path | None = None, progress: bool = False) -> dict:
-    """{guidance: {split: {attribute: accuracy}}}; also writes grids and a JSON of every reading to out_dir."""
+             chunk: int = 24, out_dir: Path | None = None, progress: bool = False, round_trip=None) -> dict:
+    """{guidance: {split: {attribute: accuracy}}}; also writes grids and a JSON of every reading to out_dir.
+
+    With ``round_trip`` (the model's VAE encode → decode on PIL images), the results also hold
+    :data:`ROUND_TRIP`, the ceiling of :func:`round_trip_ceiling`."""
     from ..images import grid, save_png
 
     results, readings = {}, []
     for w in guidances:
-        correct = {s: {a: 0 for a in ATTRIBUTES} for s in ("seen", "heldout")}
-        counts = {"seen": 0, "heldout": 0}
-        images = []
+        scored, images = [], []
         for start in range(0, len(prompts), chunk):
             part = prompts[start:start + chunk]
             generated = pipe.generate([p["caption"] for p in part], guidance=w, num_images=seeds, steps=steps,
@@ -53,23 +63,20 @@ def evaluate(pipe, prompts: Sequence[dict], guidances: Sequence[float], seeds: i
             for k, g in enumerate(generated):
                 p = part[k // seeds]
                 read = analyze(g.image)
-                counts[p["split"]] += 1
-                for a in ATTRIBUTES:
-                    correct[p["split"]][a] += read[a] == p[a]
+                scored.append((p, read))
                 readings.append({"guidance": w, "caption": p["caption"], "split": p["split"], "seed": g.params["seed"],
                                  "read": read})
                 images.append(g.image)
-        results[w] = {s: {a: correct[s][a] / counts[s] for a in ATTRIBUTES} for s in counts if counts[s]}
+        results[w] = accuracy(scored)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             save_png(grid(images, columns=seeds * 8), out_dir / f"grid-guidance-{w:g}.png")
+    if round_trip is not None:
+        results[ROUND_TRIP] = round_trip_ceiling(round_trip, prompts, seeds=seeds)
     if out_dir is not None:
         (out_dir / "readings.json").write_text(json.dumps(readings, indent=1))
         (out_dir / "accuracy.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=2))
     return results
-
-
-ROUND_TRIP = "VAE round trip"
 
 
 def round_trip_ceiling(round_trip, prompts: Sequence[dict], seeds: int = 2, chunk: int = 48) -> dict:
@@ -78,18 +85,13 @@ def round_trip_ceiling(round_trip, prompts: Sequence[dict], seeds: int = 2, chun
     the most any generated image can score through this VAE."""
     from .render import render
 
-    correct = {s: {a: 0 for a in ATTRIBUTES} for s in ("seen", "heldout")}
-    counts = {"seen": 0, "heldout": 0}
     jobs = [(p, render({a: p[a] for a in ATTRIBUTES}, np.random.default_rng([i, k])))
             for i, p in enumerate(prompts) for k in range(seeds)]
+    scored = []
     for start in range(0, len(jobs), chunk):
         part = jobs[start:start + chunk]
-        for (p, _), image in zip(part, round_trip([image for _, image in part])):
-            read = analyze(image)
-            counts[p["split"]] += 1
-            for a in ATTRIBUTES:
-                correct[p["split"]][a] += read[a] == p[a]
-    return {s: {a: correct[s][a] / counts[s] for a in ATTRIBUTES} for s in counts if counts[s]}
+        scored += [(p, analyze(image)) for (p, _), image in zip(part, round_trip([image for _, image in part]))]
+    return accuracy(scored)
 
 
 def table(results: dict) -> str:
