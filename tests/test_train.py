@@ -262,3 +262,34 @@ def test_bf16_mixed_precision_and_gradient_checkpointing_on_cpu(tiny_models, dat
     assert (tmp_path / "run" / "validation" / "step-0000002.png").is_file()
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))  # TensorBoard scalars and images
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_build_stage_4_finetunes_on_its_own_schedule_and_is_skipped_when_done(tiny_models, dataset, tmp_path):
+    """`shapes build` stage 4: stage 3's model, its scheduler swapped for scheduler-finetune.json, trained on;
+    the result carries the new schedule, stage 3's folder is left as it was, and a second build skips it."""
+    import shutil
+
+    from latentdiff.shapes.build import stage_finetune
+
+    configs, workdir = tmp_path / "configs", tmp_path / "work"
+    configs.mkdir()
+    stage3 = workdir / "unet" / "model"
+    shutil.copytree(tiny_models[("epsilon", 8)], stage3)
+    before = (stage3 / "scheduler" / "scheduler_config.json").read_text()
+    schedule = dict(json.loads(before), prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                    timestep_spacing="trailing")
+    (configs / "scheduler-finetune.json").write_text(json.dumps(schedule))
+    (configs / "unet-finetune.yaml").write_text(
+        "data: {resolution: 64}\ntrain: {batch_size: 2, max_steps: 3, learning_rate: 1.0e-3, ema_decay: null,\n"
+        "        checkpoint_every: 3}\n")
+    calls = []
+    out = stage_finetune(configs, workdir, stage3, dataset, False, lambda stage, start, **numbers: calls.append(stage))
+
+    shipped = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert {k: shipped[k] for k in schedule if k in shipped} == {k: schedule[k] for k in schedule if k in shipped}
+    assert shipped["rescale_betas_zero_snr"] is True and shipped["prediction_type"] == "v_prediction"
+    assert (stage3 / "scheduler" / "scheduler_config.json").read_text() == before
+    old, new = unet_weights(stage3), unet_weights(out)
+    assert old.keys() == new.keys() and any(not torch.equal(old[k], new[k]) for k in old)
+    assert stage_finetune(configs, workdir, stage3, dataset, False, lambda *a, **k: calls.append("again")) == out
+    assert calls == ["unet_finetune"]

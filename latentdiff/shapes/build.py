@@ -5,6 +5,8 @@
 2. a CLIP trained with open_clip; its text tower exported as a transformers CLIPTextModel — ``clip.yaml``
 3. a UNet2DConditionModel from scratch with the ordinary trainer on the rendered folder — ``unet.yaml``,
    on the noise schedule of ``scheduler.json`` (a diffusers DDIMScheduler config)
+4. optionally, that UNet fine-tuned by the same trainer — ``unet-finetune.yaml`` — on the noise schedule
+   of ``scheduler-finetune.json`` (when present; else the same schedule)
 
 Each stage writes into ``workdir`` and is skipped when its output is already there, so an interrupted
 build continues. The result is a diffusers-layout folder stored in fp16, plus ``build_report.json``.
@@ -100,6 +102,28 @@ def to_fp16_folder(model_dir: Path, dest: Path, generation: dict) -> None:
     tmp.rename(dest)
 
 
+def stage_finetune(configs: Path, workdir: Path, model: Path, data: Path, progress: bool, done) -> Path:
+    """Stage 4: fine-tune stage 3's UNet, possibly on another noise schedule; returns the final model folder."""
+    from ..config import load_config
+    from ..train import train
+
+    out = workdir / "unet-finetune"
+    if not (out / "model" / "model_index.json").is_file():
+        start = time.perf_counter()
+        base = workdir / "finetune-base"  # stage 3's model with the stage 4 schedule
+        shutil.rmtree(base, ignore_errors=True)
+        shutil.copytree(model, base)
+        schedule = configs / "scheduler-finetune.json"
+        if schedule.is_file():
+            (base / "scheduler" / "scheduler_config.json").write_text(schedule.read_text())
+        config = load_config(configs / "unet-finetune.yaml", [
+            f"model.pretrained={base}", f"data.root={data}", f"data.cache_dir={workdir / 'unet' / 'cache'}",
+            f"train.output_dir={out}", f"train.progress={str(progress).lower()}"])
+        result = train(config, resume="latest")
+        done("unet_finetune", start, unet_finetune_final_loss=result.loss, unet_finetune_steps=result.global_step)
+    return out / "model"
+
+
 def build(configs: Path, workdir: Path, dest: Path, progress: bool = True) -> dict:
     """Run the stages that are not done yet; returns the report (also written to dest/build_report.json)."""
     from ..config import load_config
@@ -140,8 +164,11 @@ def build(configs: Path, workdir: Path, dest: Path, progress: bool = True) -> di
                                                      f"train.progress={str(progress).lower()}"])
         result = train(config, resume="latest")
         done("unet", start, unet_final_loss=result.loss, unet_steps=result.global_step)
+    final = workdir / "unet" / "model"
+    if (configs / "unet-finetune.yaml").is_file():
+        final = stage_finetune(configs, workdir, final, data, progress, done)
     generation = json.loads((configs / "generation.json").read_text())
-    to_fp16_folder(workdir / "unet" / "model", dest, generation)
+    to_fp16_folder(final, dest, generation)
     report["total_seconds"] = round(sum(report["seconds"].values()), 1)
     report["size_mb"] = round(sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) / 2**20, 2)
     report_file.write_text(json.dumps(report, indent=2))

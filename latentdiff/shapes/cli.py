@@ -39,8 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     build = sub.add_parser(
         "build", help="train the offline default model from scratch (VAE, CLIP, UNet) and store it",
-        description="Render the world, train stage 1 (VAE), stage 2 (CLIP text encoder) and stage 3 (UNet) "
-                    "with the recipes in --configs, and write a diffusers-layout folder in fp16. "
+        description="Render the world, train stage 1 (VAE), stage 2 (CLIP text encoder), stage 3 (UNet) "
+                    "and, when unet-finetune.yaml exists, stage 4 (the UNet fine-tuned, possibly on another noise "
+                    "schedule) with the recipes in --configs, and write a diffusers-layout folder in fp16. "
                     "Finished stages in --workdir are reused, so an interrupted build continues.")
     build.add_argument("--configs", type=Path, default=Path("configs/shapes"), help="recipe folder")
     build.add_argument("--workdir", type=Path, default=Path("outputs/shapes-build"), help="intermediate outputs")
