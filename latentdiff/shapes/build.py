@@ -102,11 +102,18 @@ def to_fp16_folder(model_dir: Path, dest: Path, generation: dict) -> None:
     tmp.rename(dest)
 
 
-def stage_finetune(configs: Path, workdir: Path, model: Path, data: Path, progress: bool, done) -> Path:
-    """Stage 4: fine-tune stage 3's UNet, possibly on another noise schedule; returns the final model folder."""
+def train_unet(recipe: Path, pretrained: Path, data: Path, out: Path, progress: bool, *overrides: str):
+    """The ordinary trainer on a stage recipe, with the build's folders filled in; resumes an interrupted run."""
     from ..config import load_config
     from ..train import train
 
+    config = load_config(recipe, [f"model.pretrained={pretrained}", f"data.root={data}", f"train.output_dir={out}",
+                                  f"train.progress={str(progress).lower()}", *overrides])
+    return train(config, resume="latest")
+
+
+def stage_finetune(configs: Path, workdir: Path, model: Path, data: Path, progress: bool, done) -> Path:
+    """Stage 4: fine-tune stage 3's UNet, possibly on another noise schedule; returns the final model folder."""
     out = workdir / "unet-finetune"
     if not (out / "model" / "model_index.json").is_file():
         start = time.perf_counter()
@@ -116,19 +123,14 @@ def stage_finetune(configs: Path, workdir: Path, model: Path, data: Path, progre
         schedule = configs / "scheduler-finetune.json"
         if schedule.is_file():
             (base / "scheduler" / "scheduler_config.json").write_text(schedule.read_text())
-        config = load_config(configs / "unet-finetune.yaml", [
-            f"model.pretrained={base}", f"data.root={data}", f"data.cache_dir={workdir / 'unet' / 'cache'}",
-            f"train.output_dir={out}", f"train.progress={str(progress).lower()}"])
-        result = train(config, resume="latest")
+        result = train_unet(configs / "unet-finetune.yaml", base, data, out, progress,
+                            f"data.cache_dir={workdir / 'unet' / 'cache'}")
         done("unet_finetune", start, unet_finetune_final_loss=result.loss, unet_finetune_steps=result.global_step)
     return out / "model"
 
 
 def build(configs: Path, workdir: Path, dest: Path, progress: bool = True) -> dict:
     """Run the stages that are not done yet; returns the report (also written to dest/build_report.json)."""
-    from ..config import load_config
-    from ..train import train
-
     configs, workdir, dest = Path(configs), Path(workdir), Path(dest)
     world = _read(configs, "world.yaml")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -159,10 +161,7 @@ def build(configs: Path, workdir: Path, dest: Path, progress: bool = True) -> di
     write_base(base, json.loads((configs / "scheduler.json").read_text()))
     if not (workdir / "unet" / "model" / "model_index.json").is_file():
         start = time.perf_counter()
-        config = load_config(configs / "unet.yaml", [f"model.pretrained={base}", f"data.root={data}",
-                                                     f"train.output_dir={workdir / 'unet'}",
-                                                     f"train.progress={str(progress).lower()}"])
-        result = train(config, resume="latest")
+        result = train_unet(configs / "unet.yaml", base, data, workdir / "unet", progress)
         done("unet", start, unet_final_loss=result.loss, unet_steps=result.global_step)
     final = workdir / "unet" / "model"
     if (configs / "unet-finetune.yaml").is_file():
