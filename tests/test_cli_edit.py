@@ -103,3 +103,15 @@ def test_eval_edit_reports_every_method_against_the_vae_ceiling(tiny_models, tmp
     none = json.loads((tmp_path / "none" / "edit_metrics.json").read_text())
     assert none["ddim"]["psnr"] == pytest.approx(summary["ddim"]["psnr"])
     assert none["ddim"]["iou_mean"] != pytest.approx(summary["ddim"]["iou_mean"], abs=1e-9)
+
+
+def test_word_swap_ceiling_draws_the_true_edit():
+    from latentdiff.edit.evaluate import iou, shapes_examples, swap_color, true_edit
+    from latentdiff.shapes.analyze import analyze, object_mask
+
+    rng = np.random.default_rng(0)
+    for i, (image, attrs, caption) in enumerate(shapes_examples(8)):
+        color = swap_color(attrs, rng)
+        truth = analyze(true_edit(i, color))
+        assert truth == {**attrs, "color": color}, (i, attrs, truth)
+        assert iou(object_mask(image), object_mask(true_edit(i, color))) >= 0.9, i

@@ -108,6 +108,21 @@ def test_renders_are_deterministic_and_seeded():
     assert np.array_equal(*same) and not np.array_equal(same[0], other)  # only the jitter differs
 
 
+def test_recolored_example_changes_the_object_color_and_nothing_else():
+    for i in range(12):
+        image, row = make_example(3, i)
+        color = next(c for c in COLORS if c not in (row["color"], row["background"]))
+        recolored, new_row = make_example(3, i, color=color)
+        a, b = np.asarray(image, np.float64), np.asarray(recolored, np.float64)
+        bg = np.asarray(BACKGROUNDS[row["background"]], np.float64)
+        # coverage α from each image's own colors: the same geometry, up to 8-bit rounding
+        alphas = [(x - bg) @ (np.asarray(COLORS[c]) - bg) / np.sum((np.asarray(COLORS[c]) - bg) ** 2)
+                  for x, c in ((a, row["color"]), (b, color))]
+        assert np.abs(alphas[0] - alphas[1]).max() < 0.02, i
+        assert new_row == {**row, "color": color, "text": new_row["text"]}  # the caption names the new color
+        assert analyze(recolored)["color"] == color
+
+
 def test_held_out_pairs_only_in_the_heldout_split():
     assert 4 <= len(HELD_OUT) <= 6 and len(set(HELD_OUT)) == len(HELD_OUT)
     rng = np.random.default_rng(0)

@@ -4,6 +4,10 @@ On shapes-world images with known attributes: for each method, the inversion tim
 the reconstruction (guided, at the inversion's guidance) against the input, next to the VAE round trip
 (the ceiling of any latent inversion); then a color word swap ("a red circle …" → "a blue circle …")
 scored by the analyzer: is the target color read, and does the object mask keep IoU ≥ 0.8.
+
+The word swap has a ceiling too: the renderer draws the true edit (the same object in the target
+color), and its VAE round trip is what a perfect edit of the latents would decode to. The "vae" row
+reports that round trip's color reading and mask IoU, next to the source round trip's PSNR and SSIM.
 """
 
 from __future__ import annotations
@@ -31,8 +35,11 @@ def _decode(components: Components, latents: torch.Tensor) -> list[Image.Image]:
         return [Image.fromarray(a) for a in to_uint8(decode_latents(components, latents))]
 
 
-def shapes_examples(n: int, seed: int = 77) -> list[tuple[Image.Image, dict, str]]:
-    """(image, attributes, canonical caption) of seen-split shapes images."""
+EXAMPLE_SEED = 77
+
+
+def shapes_examples(n: int, seed: int = EXAMPLE_SEED) -> list[tuple[Image.Image, dict, str]]:
+    """(image, attributes, canonical caption) of seen-split shapes images; example i is ``make_example(seed, i)``."""
     from ..shapes.dataset import examples
     from ..shapes.evaluate import canonical_caption
 
@@ -41,6 +48,13 @@ def shapes_examples(n: int, seed: int = 77) -> list[tuple[Image.Image, dict, str
         attrs = {k: row[k] for k in ("shape", "color", "size", "position", "background")}
         out.append((image, attrs, canonical_caption(attrs)))
     return out
+
+
+def true_edit(index: int, color: str, seed: int = EXAMPLE_SEED) -> Image.Image:
+    """Example ``index`` of :func:`shapes_examples` drawn with the object in ``color``: the perfect word swap."""
+    from ..shapes.dataset import make_example
+
+    return make_example(seed, index, "train", color=color)[0]
 
 
 def swap_color(attrs: dict, rng: np.random.Generator) -> str:
@@ -66,9 +80,9 @@ def evaluate_editing(components: Components, n_images: int = 8, methods: Sequenc
 
     rng = np.random.default_rng(0)
     rows = {m: {"psnr": [], "ssim": [], "seconds": [], "color_ok": [], "iou": []} for m in methods}
-    vae_rows = {"psnr": [], "ssim": [], "color_ok": [], "iou": []}  # the round trip: what no edit can beat
+    vae_rows = {"psnr": [], "ssim": [], "color_ok": [], "iou": []}  # the round trips: what no edit can beat
     panels = []
-    for image, attrs, caption in shapes_examples(n_images):
+    for index, (image, attrs, caption) in enumerate(shapes_examples(n_images)):
         latents = encode_image(components, image)
         roundtrip = _decode(components, latents)[0]
         vae_rows["psnr"].append(psnr(image, roundtrip))
@@ -76,9 +90,10 @@ def evaluate_editing(components: Components, n_images: int = 8, methods: Sequenc
         target_color = swap_color(attrs, rng)
         target = caption.replace(f" {attrs['color']} ", f" {target_color} ", 1)
         source_mask = object_mask(image)
-        vae_rows["color_ok"].append(analyze(roundtrip)["color"] == attrs["color"])
-        vae_rows["iou"].append(iou(source_mask, object_mask(roundtrip)))
-        row_panels = [image, roundtrip]
+        truth = _decode(components, encode_image(components, true_edit(index, target_color)))[0]
+        vae_rows["color_ok"].append(analyze(truth)["color"] == target_color)
+        vae_rows["iou"].append(iou(source_mask, object_mask(truth)))
+        row_panels = [image, roundtrip, truth]
         for method in methods:
             start = time.perf_counter()
             inv = invert(components, latents, caption, method=method, steps=steps, guidance=guidance,
@@ -113,7 +128,7 @@ def evaluate_editing(components: Components, n_images: int = 8, methods: Sequenc
 
 
 def table(summary: dict) -> str:
-    """Markdown; the VAE row's color and IoU are those of the round trip itself (source color, source mask)."""
+    """Markdown; the VAE row's word-swap columns are those of the true edit's round trip (the ceiling)."""
     lines = ["| method | recon PSNR (dB) | recon SSIM | inversion s/image | word swap: target color read | "
              "mask IoU ≥ 0.8 | mean IoU |", "|---|---:|---:|---:|---:|---:|---:|"]
     for m, r in summary.items():

@@ -28,10 +28,16 @@ FILE_DIGITS = 6  # images are named 000000.png, 000001.png, …
 _OUR_FILES = re.compile(r"^\d+\.png$")
 
 
-def make_example(seed: int, index: int, split: str = "train") -> tuple[Image.Image, dict]:
-    """(image, row): example ``index`` of ``seed``; row = {"text", "shape", …, "background", "stated", "split"}."""
+def make_example(seed: int, index: int, split: str = "train", color: str | None = None) -> tuple[Image.Image, dict]:
+    """(image, row): example ``index`` of ``seed``; row = {"text", "shape", …, "background", "stated", "split"}.
+
+    ``color`` redraws the same example with another object color and nothing else changed (same shape,
+    placement and caption template): the ground truth of a color word swap.
+    """
     rng = np.random.default_rng([seed, index])
     attrs = sample_attributes(rng, split)
+    if color is not None:
+        attrs = {**attrs, "color": color}
     image = render(attrs, rng)
     caption, stated = make_caption(attrs, rng)
     return image, {"text": caption, **{k: attrs[k] for k in ATTRIBUTES}, "stated": stated, "split": split}
