@@ -22,6 +22,8 @@ from .schedule import Schedule, x0_eps_coefficients
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 Callback = Callable[[dict], None]
 
+FIXED_POINT_TOL = 1e-3  # fixed-point inversion stops once an update moves x_t by less than this of its RMS
+
 
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
@@ -126,23 +128,49 @@ def ddim_invert(
     *,
     callback: Optional[Callback] = None,
     disable_progress: bool = True,
+    fixed_point_iters: int = 0,
+    fixed_point_tol: float = FIXED_POINT_TOL,
 ) -> torch.Tensor:
     """DDIM inversion x_0 → x_T: the deterministic DDIM step of :func:`sample_ddim` run forward in time.
 
     ``timesteps`` are the (descending) sampling timesteps; they are visited in reverse, each step
     moving from t − T//N to t with the model evaluated at t (diffusers' ``DDIMInverseScheduler``).
     Sampling the result with the same timesteps and denoiser approximately returns x_0.
+
+    The plain step evaluates the model at the step's start, x_{t−T//N}; sampling back evaluates it at the
+    step's end, x_t. ``fixed_point_iters`` > 0 closes that gap (fixed-point inversion, as in Pan et al.
+    2023, "Effective Real Image Editing with Accelerated Iterative Diffusion Inversion"): x_t is refined
+    by x_t ← the x that the sampling step from (x, model(x, t)) maps exactly onto x_{t−T//N}, at most
+    ``fixed_point_iters`` times per step, stopping early once an update moves x_t by less than
+    ``fixed_point_tol`` of its RMS. Each iteration costs one more model evaluation. The sampling step is
+    affine in (x, model output), so its inverse is closed-form; clipped steps are not, and are refused.
     """
+    if fixed_point_iters < 0:
+        raise ValueError(f"fixed_point_iters={fixed_point_iters!r} must be >= 0")
     stride = schedule.num_train_timesteps // len(timesteps)
     clip = schedule.clip_sample_range if schedule.clip_sample else None
+    if fixed_point_iters and clip is not None:
+        raise ValueError("fixed-point DDIM inversion needs an unclipped step; the schedule has clip_sample=True")
     T = schedule.num_train_timesteps
     x = x0
     for i, t in enumerate(tqdm(list(reversed(timesteps)), disable=disable_progress, desc="DDIM inversion")):
         a_from, a_to = schedule.alpha_bar(min(t - stride, T - 1)), schedule.alpha_bar(t)
         model_output = denoiser(x, t)
-        x = ddim_step(x, model_output, a_from, a_to, schedule.prediction_type, clip=clip)
+        x_next = ddim_step(x, model_output, a_from, a_to, schedule.prediction_type, clip=clip)
+        used = 0
+        if fixed_point_iters:
+            # sampling step from x_t: x_{t−T//N} = gain·x_t + step(0, out); solve it for x_t
+            gain = ddim_step(torch.ones(()), torch.zeros(()), a_to, a_from, schedule.prediction_type).item()
+            for _ in range(fixed_point_iters):
+                out = denoiser(x_next, t)
+                refined = (x - ddim_step(torch.zeros_like(out), out, a_to, a_from, schedule.prediction_type)) / gain
+                moved = (refined - x_next).pow(2).mean().sqrt() / refined.pow(2).mean().sqrt().clamp(min=1e-12)
+                x_next, used = refined, used + 1
+                if moved.item() < fixed_point_tol:
+                    break
+        x = x_next
         if callback is not None:
-            callback({"i": i, "t": t, "x": x})
+            callback({"i": i, "t": t, "x": x, "fixed_point_iters": used})
     return x
 
 

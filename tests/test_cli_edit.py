@@ -39,6 +39,7 @@ def test_edit_writes_side_by_side_and_each_alone(tiny_models, photo, tmp_path, c
     assert side.size == (3 * 64, 64)
     params = read_params(tmp_path / "e-edit.png")
     assert params["target_prompt"] == "a blue circle" and params["method"] == "npi" and params["mode"] == "replace"
+    assert params["fixed_point_iters"] == 3
     recon = np.asarray(Image.open(tmp_path / "e-reconstruction.png"))
     assert np.array_equal(np.asarray(side)[:, 64:128], recon)
 
@@ -67,6 +68,7 @@ def test_invert_then_edit_reuses_the_inversion(tiny_models, photo, tmp_path, cap
     (["--image", "PHOTO", "--source-prompt", "a red circle", "--method", "magic"], "invalid choice: 'magic'"),
     (["--image", "PHOTO", "--source-prompt", "a red circle", "--reweight", "red"], "must look like WORD=FACTOR"),
     (["--image", "PHOTO", "--source-prompt", "a red circle", "--dtype", "fp16"], "run in fp32"),
+    (["--image", "PHOTO", "--source-prompt", "a red circle", "--fixed-point-iters", "-1"], "must be 0 or more"),
 ])
 def test_edit_mistakes(extra, message, tiny_models, photo, tmp_path, capsys):
     (tmp_path / "NOPE").write_bytes(b"not an image")

@@ -13,7 +13,7 @@ from diffusers import DDIMInverseScheduler
 from PIL import Image
 
 from latentdiff.edit.image_input import default_edit_size, encode_image, load_edit_image
-from latentdiff.edit.inversion import (NTI_FAST, NTI_REFERENCE, Inversion, NTISettings, invert,
+from latentdiff.edit.inversion import (FIXED_POINT_ITERS, NTI_FAST, NTI_REFERENCE, Inversion, NTISettings, invert,
                                        pivot_trajectory, reconstruct, sample_edit)
 from latentdiff.models import decode_latents, encode_images, encode_prompts, load_components, scale_latents
 from latentdiff.sampling import ddim_invert
@@ -80,8 +80,8 @@ def test_pivot_matches_diffusers_inverse_scheduler(tiny_models, kind, zero_snr):
         for t in scheduler.timesteps:
             out = c.unet(theirs[-1], t, encoder_hidden_states=cond).sample
             theirs.append(scheduler.step(out, t, theirs[-1]).prev_sample)
-        ours = pivot_trajectory(c, x, cond.clone(), STEPS)
-    assert ours.shape[0] == len(theirs) == STEPS + 1
+        ours, refined = pivot_trajectory(c, x, cond.clone(), STEPS)
+    assert refined == 0 and ours.shape[0] == len(theirs) == STEPS + 1
     for k, reference in enumerate(theirs):
         assert rel_err(ours[k], reference[0]) <= 1e-5, k
     inv = invert(c, x, PROMPT, method="ddim", steps=STEPS, guidance=GUIDANCE)
@@ -113,7 +113,8 @@ def test_methods_reconstruct_better_than_ddim_at_high_guidance(conditioned, z0, 
 
 def test_skipping_the_null_text_optimization_is_ddim(conditioned, z0, inversions):
     skipped = invert(conditioned, z0, PROMPT, method="nti", steps=STEPS, guidance=GUIDANCE,
-                     preset=NTISettings(inner_steps=0))
+                     preset=NTISettings(inner_steps=0), fixed_point_iters=0)
+    assert inversions["ddim"].fixed_point_iters == 0  # the baseline is plain DDIM inversion
     assert torch.equal(reconstruct(conditioned, skipped), reconstruct(conditioned, inversions["ddim"]))
 
 
@@ -143,12 +144,13 @@ class Recorder:
 
 def test_direct_source_branch_follows_the_pivot_and_edit_branch_is_plain(conditioned, z0, inversions):
     c, inv = conditioned, inversions["direct"]
+    assert inv.fixed_point_iters == 3  # the default for every method but the ddim baseline
     trajectory = [z0]
     schedule = c.schedule
     with torch.no_grad():  # the pivot, independently: sampling.ddim_invert with the conditional UNet
         cond = encode_prompts(c, [PROMPT])
         ddim_invert(lambda x, t: c.unet(x, t, encoder_hidden_states=cond).sample, z0, schedule,
-                    schedule.timesteps(STEPS), callback=lambda d: trajectory.append(d["x"]))
+                    schedule.timesteps(STEPS), callback=lambda d: trajectory.append(d["x"]), fixed_point_iters=3)
     recorder = Recorder()
     out = sample_edit(c, inv, TARGET, controller=recorder)
     assert recorder.begun == list(range(STEPS))
@@ -157,7 +159,8 @@ def test_direct_source_branch_follows_the_pivot_and_edit_branch_is_plain(conditi
     assert torch.equal(out[0], z0[0])
     # the edited branch gets no offsets: with the source prompt it is the plain (ddim) reconstruction
     same = sample_edit(c, inv, PROMPT)
-    assert rel_err(same[1], reconstruct(c, inversions["ddim"])[0]) < 1e-4
+    ddim = invert(c, z0, PROMPT, method="ddim", steps=STEPS, guidance=GUIDANCE, fixed_point_iters=3)
+    assert rel_err(same[1], reconstruct(c, ddim)[0]) < 1e-4
     assert rel_err(same[1], z0[0]) > 0.1
 
 
@@ -283,3 +286,57 @@ def test_encode_image_is_the_scaled_posterior_mean(plain):
     assert latents.shape == (1, 4, 8, 8) and torch.equal(latents, scale_latents(plain, mean))
     with pytest.raises(ValueError, match="not a multiple of the VAE factor"):
         encode_image(plain, image.crop((0, 0, 60, 64)))
+
+
+# --- fixed-point refinement of the pivot ----------------------------------------------------------
+
+
+def _step_errors(c, cond, z0, iters):
+    """Relative error of each sampling step from the pivot's z*_t back onto its z*_{t−1}."""
+    from latentdiff.sampling import ddim_step
+
+    schedule, trajectory, used = c.schedule, [z0], []
+    timesteps = schedule.timesteps(STEPS)
+    denoiser = lambda x, t: c.unet(x, t, encoder_hidden_states=cond).sample  # noqa: E731
+    with torch.no_grad():
+        ddim_invert(denoiser, z0, schedule, timesteps, fixed_point_iters=iters, fixed_point_tol=0.0,
+                    callback=lambda d: (trajectory.append(d["x"]), used.append(d["fixed_point_iters"])))
+        stride = schedule.num_train_timesteps // STEPS
+        errors = []
+        for k, t in enumerate(reversed(timesteps)):  # z*_{k+1} sits at timestep t
+            back = ddim_step(trajectory[k + 1], denoiser(trajectory[k + 1], t), schedule.alpha_bar(t),
+                             schedule.alpha_bar(t - stride), schedule.prediction_type)
+            errors.append(rel_err(back, trajectory[k]))
+    return errors, used
+
+
+@pytest.mark.parametrize("kind, zero_snr", [(("epsilon", 8), False), (("v_prediction", 4), True)])
+def test_fixed_point_pivot_is_undone_exactly_by_each_sampling_step(tiny_models, kind, zero_snr):
+    c = load_components(tiny_models[kind], device="cpu")
+    with torch.no_grad():  # well-conditioned, as a trained model (see the module docstring)
+        c.unet.conv_out.weight.mul_(0.1)
+        c.unet.conv_out.bias.mul_(0.1)
+    if zero_snr:
+        c.scheduler_config = dict(c.scheduler_config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    z0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(2))
+    cond = encode_prompts(c, [PROMPT])
+    plain, used_plain = _step_errors(c, cond, z0, 0)
+    refined, used = _step_errors(c, cond, z0, 12)
+    assert used_plain == [0] * STEPS and used == [12] * STEPS  # tol 0: every iteration runs
+    assert max(refined) < 1e-5 and max(plain) > 100 * max(refined), (plain, refined)
+
+
+def test_npi_on_a_refined_pivot_gives_the_image_back_on_a_zero_snr_model(tiny_models):
+    c = load_components(tiny_models[("v_prediction", 4)], device="cpu")
+    with torch.no_grad():
+        c.unet.conv_out.weight.mul_(0.1)
+        c.unet.conv_out.bias.mul_(0.1)
+    c.scheduler_config = dict(c.scheduler_config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    z0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    errors = {}
+    for iters in (0, None):  # None: the default, FIXED_POINT_ITERS with early stop
+        inv = invert(c, z0, PROMPT, method="npi", steps=STEPS, guidance=GUIDANCE, fixed_point_iters=iters)
+        errors[iters] = rel_err(reconstruct(c, inv), z0)
+        assert inv.fixed_point_iters == (0 if iters == 0 else FIXED_POINT_ITERS)
+        assert 0 <= inv.stats["fixed_point_iterations"] <= STEPS * inv.fixed_point_iters
+    assert errors[None] < 1e-3 and errors[0] > 10 * errors[None], errors

@@ -49,6 +49,7 @@ def add_parsers(sub, add_model_args) -> None:
     ev.add_argument("--methods", nargs="+", default=["ddim", "npi", "direct", "nti"],
                     choices=["ddim", "npi", "direct", "nti"])
     ev.add_argument("--preset", choices=PRESETS, default="fast", help="null-text settings (default fast)")
+    _fixed_point_arg(ev)
     ev.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
     ev.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     ev.add_argument("--cross-replace", type=float, default=0.8, help="word swap: fraction of steps with the "
@@ -65,14 +66,15 @@ def cmd_eval_edit(args) -> int:
 
     if args.images < 1:
         raise ValueError(f"--images {args.images} must be at least 1")
+    _check_fixed_point(args)
     for flag, value in (("--cross-replace", args.cross_replace), ("--self-replace", args.self_replace)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{flag} {value} must be a fraction of the steps in [0, 1]")
     components = _components(args)
     summary = evaluate_editing(components, args.images, args.methods, steps=args.steps, guidance=args.guidance,
                                preset=NTI_REFERENCE if args.preset == "reference" else NTI_FAST,
-                               cross_replace=args.cross_replace, self_replace=args.self_replace, out_dir=args.out,
-                               progress=not args.quiet)
+                               fixed_point_iters=args.fixed_point_iters, cross_replace=args.cross_replace,
+                               self_replace=args.self_replace, out_dir=args.out, progress=not args.quiet)
     print(table(summary))
     print(f"images and JSON in {args.out}/")
     return 0
@@ -85,11 +87,24 @@ def _image_args(p: argparse.ArgumentParser, add_model_args) -> None:
                    help="inversion: null-text (default), negative-prompt, direct, or plain DDIM")
     p.add_argument("--preset", choices=PRESETS, default="fast",
                    help="null-text settings: fast (default) or reference (the paper's)")
+    _fixed_point_arg(p)
     add_model_args(p)
     p.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="recorded for reproducibility (DDIM η=0 is deterministic)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def _fixed_point_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fixed-point-iters", type=int, metavar="N",
+                   help="refine each DDIM inversion step by up to N fixed-point iterations, so that sampling "
+                        "returns exactly along it (default 3; 0, plain DDIM inversion, for --method ddim and "
+                        "--preset reference)")
+
+
+def _check_fixed_point(args) -> None:
+    if args.fixed_point_iters is not None and args.fixed_point_iters < 0:
+        raise ValueError(f"--fixed-point-iters {args.fixed_point_iters} must be 0 or more")
 
 
 def _components(args):
@@ -110,13 +125,15 @@ def _invert(args, components):
 
     if args.image is None or args.source_prompt is None:
         raise ValueError("pass --image PATH and --source-prompt TEXT (or --inversion FILE for edit)")
+    _check_fixed_point(args)
     image, notes = load_edit_image(args.image, default_edit_size(components), multiple_of=components.vae_scale_factor)
     for note in notes:
         log.info("%s: %s", args.image, note)
     start = time.perf_counter()
     inversion = invert(components, encode_image(components, image), args.source_prompt, method=args.method,
                        steps=args.steps, guidance=args.guidance,
-                       preset=NTI_REFERENCE if args.preset == "reference" else NTI_FAST, progress=not args.quiet)
+                       preset=NTI_REFERENCE if args.preset == "reference" else NTI_FAST,
+                       fixed_point_iters=args.fixed_point_iters, progress=not args.quiet)
     log.info("inverted with %s in %.1f s", args.method, time.perf_counter() - start)
     return image, inversion
 

@@ -73,6 +73,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def evaluate_editing(components: Components, n_images: int = 8, methods: Sequence[str] = ("ddim", "npi", "direct", "nti"),
                      steps: int | None = None, guidance: float | None = None, preset: NTISettings = NTI_FAST,
+                     fixed_point_iters: int | None = None,
                      cross_replace: float = 0.8, self_replace: float = 0.4, out_dir: Path | None = None,
                      progress: bool = False) -> dict:
     """{'vae': {...}, method: {psnr, ssim, seconds, color_ok, iou_ok}} averaged over the images."""
@@ -97,7 +98,7 @@ def evaluate_editing(components: Components, n_images: int = 8, methods: Sequenc
         for method in methods:
             start = time.perf_counter()
             inv = invert(components, latents, caption, method=method, steps=steps, guidance=guidance,
-                         preset=preset, progress=progress)
+                         preset=preset, fixed_point_iters=fixed_point_iters, progress=progress)
             rows[method]["seconds"].append(time.perf_counter() - start)
             controller = AttentionController(components.tokenizer, caption, target, inv.steps,
                                              cross_replace=cross_replace, self_replace=self_replace)
