@@ -83,8 +83,9 @@ def cmd_eval_edit(args) -> int:
 def _image_args(p: argparse.ArgumentParser, add_model_args) -> None:
     p.add_argument("--image", type=Path, required=False, help="the image to edit (any size and mode)")
     p.add_argument("--source-prompt", help="what the image shows")
-    p.add_argument("--method", choices=["nti", "npi", "direct", "ddim"], default="nti",
-                   help="inversion: null-text (default), negative-prompt, direct, or plain DDIM")
+    p.add_argument("--method", choices=["direct", "nti", "npi", "ddim"], default="direct",
+                   help="inversion: direct (default: exact reconstruction, the best word swaps in eval-edit), "
+                        "null-text, negative-prompt, or plain DDIM")
     p.add_argument("--preset", choices=PRESETS, default="fast",
                    help="null-text settings: fast (default) or reference (the paper's)")
     _fixed_point_arg(p)
