@@ -94,6 +94,9 @@ def test_eval_edit_reports_every_method_against_the_vae_ceiling(tiny_models, tmp
     # float rounding (the reconstruction is the source half of the batched edit, not a batch of its own)
     assert summary["direct"]["psnr"] == pytest.approx(summary["vae"]["psnr"], abs=1e-3)
     assert "| VAE round trip (ceiling) |" in out and (tmp_path / "edits.png").is_file()
+    for row in summary.values():  # "both": the target color read and the mask kept, on the same image
+        assert row["both_ok"] <= min(row["color_ok"], row["iou_ok"])
+        assert row["both_ok"] >= row["color_ok"] + row["iou_ok"] - 1
 
     code, _, err = run(capsys, "eval-edit", "--model", tiny_models[("epsilon", 8)], "--cross-replace", "1.5")
     assert code == 2 and err.strip() == ("latentdiff eval-edit: error: --cross-replace 1.5 must be a fraction of "
