@@ -19,6 +19,10 @@ class ModelConfig:
     pretrained: Optional[str] = None  # diffusers-layout folder: fine-tune its UNet; frozen VAE/text encoder from it
     unet_config: Optional[str] = None  # YAML/JSON UNet2DConditionModel config: train a UNet from scratch
     prediction_type: Optional[str] = None  # override the scheduler config's (epsilon / v_prediction / sample)
+    # JSON/YAML mapping of scheduler-config entries that replace the pretrained model's, e.g. fine-tune on zero
+    # terminal SNR: {"rescale_betas_zero_snr": true, "timestep_spacing": "trailing", "prediction_type":
+    # "v_prediction"}; the trained model is saved with the merged schedule
+    scheduler: Optional[str] = None
     allow_pickle: bool = False
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from .cache import module_identity
@@ -45,6 +46,22 @@ class TrainResult:
     encoder_counts: dict = field(default_factory=dict)
 
 
+def read_scheduler_overrides(path: Optional[str]) -> dict:
+    """The scheduler-config entries of ``model.scheduler`` (a JSON or YAML mapping); {} when unset."""
+    if path is None:
+        return {}
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise ValueError(f"model.scheduler '{path}' cannot be read: {error.strerror}; pass a JSON/YAML file") from None
+    except yaml.YAMLError:
+        raise ValueError(f"model.scheduler '{path}' is not valid JSON/YAML; fix it or unset model.scheduler") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"model.scheduler '{path}' must hold a mapping of scheduler-config keys, e.g. "
+                         '{"rescale_betas_zero_snr": true}')
+    return {k: v for k, v in raw.items() if not k.startswith("_")}  # not _class_name, _diffusers_version
+
+
 def _check(config: Config) -> None:
     m, d, t = config.model, config.data, config.train
     if not m.pretrained:
@@ -54,6 +71,10 @@ def _check(config: Config) -> None:
         raise ValueError("data.root is required: a folder of images with metadata.jsonl/csv or .txt captions")
     if m.prediction_type is not None:
         check_choice("model.prediction_type", m.prediction_type, PREDICTION_TYPES)
+    overrides = read_scheduler_overrides(m.scheduler)
+    if "prediction_type" in overrides:
+        check_choice(f"prediction_type in model.scheduler '{m.scheduler}'", overrides["prediction_type"],
+                     PREDICTION_TYPES)
     check_choice("train.mixed_precision", t.mixed_precision, ("no", "fp16", "bf16"))
     if t.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 (works on CPU) or no")
@@ -108,8 +129,8 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     # 1. Frozen encoders, schedule, and the UNet to train (full or LoRA).
     frozen = load_components(m.pretrained, device=accelerator.device, allow_pickle=m.allow_pickle,
                              with_unet=False)
-    scheduler_config = dict(frozen.scheduler_config, **({"prediction_type": m.prediction_type}
-                                                         if m.prediction_type else {}))
+    scheduler_config = dict(frozen.scheduler_config, **read_scheduler_overrides(m.scheduler),
+                            **({"prediction_type": m.prediction_type} if m.prediction_type else {}))
     frozen.scheduler_config = scheduler_config
     schedule = Schedule.from_config(scheduler_config)
     unet = _build_unet(config, frozen)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from latentdiff.config import load_config
@@ -293,3 +294,39 @@ def test_build_stage_4_finetunes_on_its_own_schedule_and_is_skipped_when_done(ti
     assert old.keys() == new.keys() and any(not torch.equal(old[k], new[k]) for k in old)
     assert stage_finetune(configs, workdir, stage3, dataset, False, lambda *a, **k: calls.append("again")) == out
     assert calls == ["unet_finetune"]
+
+
+def test_model_scheduler_fine_tunes_on_another_schedule_as_if_the_folder_had_it(tiny_models, dataset, tmp_path):
+    """model.scheduler replaces entries of the pretrained scheduler config: training and the saved model use
+    the merged schedule, exactly as a copy of the folder with that scheduler config would, and the
+    pretrained folder is left alone. Bad files are one-line errors."""
+    import shutil
+
+    model = tiny_models[("epsilon", 8)]
+    before = (Path(model) / "scheduler" / "scheduler_config.json").read_text()
+    overrides = {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    (tmp_path / "zero-snr.yaml").write_text(yaml.safe_dump(overrides))
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    (copy / "scheduler" / "scheduler_config.json").write_text(json.dumps(dict(json.loads(before), **overrides)))
+
+    runs = {}
+    for name, pretrained, scheduler in (("override", model, str(tmp_path / "zero-snr.yaml")), ("copy", copy, None)):
+        config = make_config(tmp_path / name, pretrained, dataset, max_steps=2)
+        config.model.scheduler = scheduler
+        runs[name] = train(config)
+        saved = json.loads((tmp_path / name / "run" / "model" / "scheduler" / "scheduler_config.json").read_text())
+        assert {k: saved[k] for k in overrides} == overrides, name
+    assert runs["override"].loss == pytest.approx(runs["copy"].loss, rel=1e-6)
+    assert_same(unet_weights(tmp_path / "override" / "run" / "model"), unet_weights(tmp_path / "copy" / "run" / "model"))
+    assert (Path(model) / "scheduler" / "scheduler_config.json").read_text() == before
+
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    (tmp_path / "bad.json").write_text('{"prediction_type": "noise"}')
+    for path, message in ((tmp_path / "missing.json", "cannot be read"), (tmp_path / "list.yaml", "must hold a mapping"),
+                          (tmp_path / "bad.json", "prediction_type in model.scheduler")):
+        config = make_config(tmp_path / "bad", model, dataset)
+        config.model.scheduler = str(path)
+        with pytest.raises(ValueError, match=message) as error:
+            train(config)
+        assert "\n" not in str(error.value)

@@ -117,14 +117,10 @@ def stage_finetune(configs: Path, workdir: Path, model: Path, data: Path, progre
     out = workdir / "unet-finetune"
     if not (out / "model" / "model_index.json").is_file():
         start = time.perf_counter()
-        base = workdir / "finetune-base"  # stage 3's model with the stage 4 schedule
-        shutil.rmtree(base, ignore_errors=True)
-        shutil.copytree(model, base)
-        schedule = configs / "scheduler-finetune.json"
-        if schedule.is_file():
-            (base / "scheduler" / "scheduler_config.json").write_text(schedule.read_text())
-        result = train_unet(configs / "unet-finetune.yaml", base, data, out, progress,
-                            f"data.cache_dir={workdir / 'unet' / 'cache'}")
+        schedule = configs / "scheduler-finetune.json"  # the stage 4 schedule replaces stage 3's, if given
+        result = train_unet(configs / "unet-finetune.yaml", model, data, out, progress,
+                            f"data.cache_dir={workdir / 'unet' / 'cache'}",
+                            *([f"model.scheduler={schedule}"] if schedule.is_file() else []))
         done("unet_finetune", start, unet_finetune_final_loss=result.loss, unet_finetune_steps=result.global_step)
     return out / "model"
 
