@@ -150,7 +150,8 @@ def ddim_invert(
     stride = schedule.num_train_timesteps // len(timesteps)
     clip = schedule.clip_sample_range if schedule.clip_sample else None
     if fixed_point_iters and clip is not None:
-        raise ValueError("fixed-point DDIM inversion needs an unclipped step; the schedule has clip_sample=True")
+        raise ValueError("fixed-point DDIM inversion needs an unclipped step, but the schedule has clip_sample=True; "
+                         "use 0 fixed-point iterations (--fixed-point-iters 0)")
     T = schedule.num_train_timesteps
     x = x0
     for i, t in enumerate(tqdm(list(reversed(timesteps)), disable=disable_progress, desc="DDIM inversion")):

@@ -342,3 +342,12 @@ def test_npi_on_a_refined_pivot_gives_the_image_back_on_a_zero_snr_model(tiny_mo
         assert inv.fixed_point_iters == (0 if iters == 0 else FIXED_POINT_ITERS)
         assert 0 <= inv.stats["fixed_point_iterations"] <= STEPS * inv.fixed_point_iters
     assert errors[None] < 1e-3 and errors[0] > 10 * errors[None], errors
+
+
+def test_clipped_schedules_invert_plainly_by_default_and_refuse_fixed_point(tiny_models, z0):
+    c = load_components(tiny_models[("epsilon", 8)], device="cpu")
+    c.scheduler_config = dict(c.scheduler_config, clip_sample=True)
+    inv = invert(c, z0, PROMPT, method="npi", steps=STEPS, guidance=GUIDANCE)
+    assert inv.fixed_point_iters == 0
+    with pytest.raises(ValueError, match="clip_sample=True; use 0 fixed-point iterations"):
+        invert(c, z0, PROMPT, method="npi", steps=STEPS, guidance=GUIDANCE, fixed_point_iters=2)

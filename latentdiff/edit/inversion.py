@@ -285,9 +285,11 @@ def pivot_trajectory(components: Components, z0: torch.Tensor, cond: torch.Tenso
     return torch.cat(trajectory), iterations
 
 
-def default_fixed_point_iters(method: str, preset: Optional["NTISettings"] = None) -> int:
-    """0 for the plain baselines (``ddim``; ``nti`` with the paper's preset), else FIXED_POINT_ITERS."""
-    return 0 if method == "ddim" or (method == "nti" and preset == NTI_REFERENCE) else FIXED_POINT_ITERS
+def default_fixed_point_iters(method: str, preset: Optional["NTISettings"] = None, clip_sample: bool = False) -> int:
+    """0 for the plain baselines (``ddim``; ``nti`` with the paper's preset) and for clipped schedules (whose
+    step has no closed-form inverse), else FIXED_POINT_ITERS."""
+    plain = method == "ddim" or (method == "nti" and preset == NTI_REFERENCE) or clip_sample
+    return 0 if plain else FIXED_POINT_ITERS
 
 
 def null_text_optimization(components: Components, pivot: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
@@ -347,7 +349,7 @@ def invert(components: Components, image_latents: torch.Tensor, source_prompt: s
     if method == "nti":
         (preset or NTI_FAST).check(steps)
     if fixed_point_iters is None:
-        fixed_point_iters = default_fixed_point_iters(method, preset or NTI_FAST)
+        fixed_point_iters = default_fixed_point_iters(method, preset or NTI_FAST, components.schedule.clip_sample)
     elif isinstance(fixed_point_iters, bool) or not isinstance(fixed_point_iters, int) or fixed_point_iters < 0:
         raise ValueError(f"fixed_point_iters={fixed_point_iters!r} must be a whole number >= 0")
     preset = preset or NTI_FAST
