@@ -55,6 +55,14 @@ def _check_eta(eta: float) -> None:
         raise ValueError(f"eta={eta!r} must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like)")
 
 
+def ddim_coefficients(alpha_bar: float, alpha_bar_next: float, prediction_type: str,
+                      sigma: float = 0.0) -> tuple[float, float]:
+    """(a, b) of the unclipped DDIM step without its noise term, which is linear: a·x + b·model_output."""
+    p, q, r, s = x0_eps_coefficients(alpha_bar, prediction_type)
+    c_x0, c_eps = math.sqrt(alpha_bar_next), math.sqrt(max(1 - alpha_bar_next - sigma**2, 0.0))
+    return c_x0 * p + c_eps * r, c_x0 * q + c_eps * s
+
+
 def ddim_step(
     x: torch.Tensor,
     model_output: torch.Tensor,
@@ -71,12 +79,13 @@ def ddim_step(
     x_next = √ᾱ_next x̂_0 + √(1−ᾱ_next−σ²) ε̂ + σ z. With ᾱ_next < ᾱ this samples; with ᾱ_next > ᾱ
     (and σ = 0) it is DDIM inversion, the same step run forward in time.
     """
-    p, q, r, s = x0_eps_coefficients(alpha_bar, prediction_type)
-    c_x0, c_eps = math.sqrt(alpha_bar_next), math.sqrt(max(1 - alpha_bar_next - sigma**2, 0.0))
     if clip is None:
         # Unclipped, the whole step is linear in (x, out): fold the coefficients in float64.
-        out = torch.add(x * (c_x0 * p + c_eps * r), model_output, alpha=c_x0 * q + c_eps * s)
+        a, b = ddim_coefficients(alpha_bar, alpha_bar_next, prediction_type, sigma)
+        out = torch.add(x * a, model_output, alpha=b)
     else:
+        p, q, r, s = x0_eps_coefficients(alpha_bar, prediction_type)
+        c_x0, c_eps = math.sqrt(alpha_bar_next), math.sqrt(max(1 - alpha_bar_next - sigma**2, 0.0))
         x0 = torch.add(x * p, model_output, alpha=q).clamp_(-clip, clip)
         eps = torch.add(x * r, model_output, alpha=s)
         out = torch.add(x0 * c_x0, eps, alpha=c_eps)
@@ -160,11 +169,10 @@ def ddim_invert(
         x_next = ddim_step(x, model_output, a_from, a_to, schedule.prediction_type, clip=clip)
         used = 0
         if fixed_point_iters:
-            # sampling step from x_t: x_{t−T//N} = gain·x_t + step(0, out); solve it for x_t
-            gain = ddim_step(torch.ones(()), torch.zeros(()), a_to, a_from, schedule.prediction_type).item()
+            # the sampling step back, x_{t−T//N} = a·x_t + b·model(x_t, t), solved for x_t
+            a, b = ddim_coefficients(a_to, a_from, schedule.prediction_type)
             for _ in range(fixed_point_iters):
-                out = denoiser(x_next, t)
-                refined = (x - ddim_step(torch.zeros_like(out), out, a_to, a_from, schedule.prediction_type)) / gain
+                refined = torch.add(x, denoiser(x_next, t), alpha=-b).div_(a)
                 moved = (refined - x_next).pow(2).mean().sqrt() / refined.pow(2).mean().sqrt().clamp(min=1e-12)
                 x_next, used = refined, used + 1
                 if moved.item() < fixed_point_tol:

@@ -129,8 +129,8 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     # 1. Frozen encoders, schedule, and the UNet to train (full or LoRA).
     frozen = load_components(m.pretrained, device=accelerator.device, allow_pickle=m.allow_pickle,
                              with_unet=False)
-    scheduler_config = dict(frozen.scheduler_config, **read_scheduler_overrides(m.scheduler),
-                            **({"prediction_type": m.prediction_type} if m.prediction_type else {}))
+    scheduler_config = {**frozen.scheduler_config, **read_scheduler_overrides(m.scheduler),
+                        **({"prediction_type": m.prediction_type} if m.prediction_type else {})}
     frozen.scheduler_config = scheduler_config
     schedule = Schedule.from_config(scheduler_config)
     unet = _build_unet(config, frozen)

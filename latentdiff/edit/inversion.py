@@ -285,7 +285,7 @@ def pivot_trajectory(components: Components, z0: torch.Tensor, cond: torch.Tenso
     return torch.cat(trajectory), iterations
 
 
-def default_fixed_point_iters(method: str, preset: Optional["NTISettings"] = None, clip_sample: bool = False) -> int:
+def default_fixed_point_iters(method: str, preset: Optional[NTISettings] = None, clip_sample: bool = False) -> int:
     """0 for the plain baselines (``ddim``; ``nti`` with the paper's preset) and for clipped schedules (whose
     step has no closed-form inverse), else FIXED_POINT_ITERS."""
     plain = method == "ddim" or (method == "nti" and preset == NTI_REFERENCE) or clip_sample
@@ -346,13 +346,13 @@ def invert(components: Components, image_latents: torch.Tensor, source_prompt: s
     if image_latents.ndim != 4 or image_latents.shape[0] != 1:
         raise ValueError(f"image latents must be (1, C, h, w), got {tuple(image_latents.shape)}")
     components.schedule.timesteps(steps)  # validates steps
+    preset = preset or NTI_FAST
     if method == "nti":
-        (preset or NTI_FAST).check(steps)
+        preset.check(steps)
     if fixed_point_iters is None:
-        fixed_point_iters = default_fixed_point_iters(method, preset or NTI_FAST, components.schedule.clip_sample)
+        fixed_point_iters = default_fixed_point_iters(method, preset, components.schedule.clip_sample)
     elif isinstance(fixed_point_iters, bool) or not isinstance(fixed_point_iters, int) or fixed_point_iters < 0:
         raise ValueError(f"fixed_point_iters={fixed_point_iters!r} must be a whole number >= 0")
-    preset = preset or NTI_FAST
     factor = components.vae_scale_factor
     with torch.inference_mode(False):  # NTI needs autograd even if the caller runs in inference mode
         z0 = image_latents.detach().to(components.device, torch.float32).clone()
