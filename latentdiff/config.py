@@ -116,6 +116,8 @@ def _coerce(value: Any, annotation, name: str):
             return int(value)
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if hint is str and isinstance(value, (bool, int, float)):  # YAML read `no`/`off` as false, `16` as 16
+            return ("yes" if value else "no") if isinstance(value, bool) else str(value)
         if hint is not None and not isinstance(value, hint):
             raise ValueError
         return value

@@ -27,6 +27,14 @@ def test_overrides_are_typed_and_win_over_the_file(tmp_path):
     assert load_config(tmp_path / "saved.yaml") == cfg
 
 
+def test_yaml_words_that_look_like_booleans_stay_strings_in_string_keys(tmp_path):
+    """`mixed_precision: no` is YAML for false; the key is a string, so it means "no" (as in accelerate)."""
+    (tmp_path / "c.yaml").write_text("train:\n  mixed_precision: no\n")
+    assert load_config(tmp_path / "c.yaml").train.mixed_precision == "no"
+    assert load_config(None, ["--train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config(None, ["--train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["train.max_step=3"], "unknown config key 'train.max_step'"),
     (["trian.max_steps=3"], "unknown config section 'trian'"),
