@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # torch/torchvision pinned here only: this pair is served from the local disk (fast); other pins download GBs.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-slow bench weights clean
+.PHONY: setup demo test test-slow test-gpu bench weights clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m gpu tests/test_gpu.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sampler_overhead.py

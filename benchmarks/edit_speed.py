@@ -1,7 +1,7 @@
 """Inversion speed and reconstruction: our default null-text inversion vs the paper's reference settings.
 
     python benchmarks/edit_speed.py [--model weights/shapes] [--images 6] [--steps 50] [--guidance 7.5]
-                                    [--candidate INNER_STEPS LR]
+                                    [--candidate INNER_STEPS LR] [--device cuda]
 
 Reference = the official prompt-to-prompt notebook's settings (10 Adam steps per timestep, lr 1e-2 with
 its decay, early stop 1e-5, guidance 7.5, 50 steps). Ours = NTI_FAST. Both run on the same images, one
@@ -37,8 +37,10 @@ def main():
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--candidate", nargs=2, type=float, metavar=("INNER_STEPS", "LR"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="fp32 on either")
     args = parser.parse_args()
-    c = load_components(args.model, device="cpu")
+    c = load_components(args.model, device=args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     runs = {"nti reference": ("nti", NTI_REFERENCE), "nti (ours, default)": ("nti", NTI_FAST)}
     if args.candidate:
         inner, lr = int(args.candidate[0]), args.candidate[1]
@@ -51,11 +53,14 @@ def main():
         z = encode_image(c, image)
         ceiling.append(psnr(image, _decode(c, z)[0]))
         for name, (method, preset) in runs.items():
+            sync()
             start = time.perf_counter()
             inv = invert(c, z, caption, method=method, steps=args.steps, guidance=args.guidance, preset=preset)
+            sync()
             times[name].append(time.perf_counter() - start)
             quality[name].append(psnr(image, _decode(c, reconstruct(c, inv))[0]))
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, model {args.model}, {args.images} images, "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"threads {torch.get_num_threads()}"
+    print(f"torch {torch.__version__}, {where}, model {args.model}, {args.images} images, "
           f"{args.steps} steps, guidance {args.guidance}\n")
     ref = statistics.median(times["nti reference"])
     print("| method | inversion s/image (median) | speed-up vs reference | recon PSNR (dB, mean) |")

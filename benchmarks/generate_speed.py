@@ -1,11 +1,13 @@
 """Text-to-image wall time: ours vs diffusers' StableDiffusionPipeline on the same folder, one process.
 
     python benchmarks/generate_speed.py [--repeats 5] [--steps 50] [--models tiny sd15-small]
+                                        [--device cuda --dtype fp16]
 
 For each model, runs are interleaved (ours, diffusers, ours, …) with the same threads; the table shows
 medians. The *limit* is steps × one batched (CFG, batch 2) UNet forward, timed on its own. Peak RSS is
 measured in a fresh subprocess per implementation (load + one generation each), by polling
-/proc/self/statm, as the absolute peak and as the rise over the RSS right after the imports.
+/proc/self/statm, as the absolute peak and as the rise over the RSS right after the imports. On CUDA the
+memory columns are instead the peak GPU memory a generation allocates above the loaded weights.
 """
 
 from __future__ import annotations
@@ -64,29 +66,39 @@ def build(name: str, folder: Path) -> Path:
     return folder / name
 
 
-def load(kind: str, path: Path):
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def load(kind: str, path: Path, device: str = "cpu", dtype: str = "fp32"):
     if kind == "ours":
-        pipe = Pipeline.from_pretrained(path, device="cpu")
+        pipe = Pipeline.from_pretrained(path, device=device, dtype=dtype)
         return lambda steps: pipe(PROMPT, steps=steps, guidance=7.5, seed=0)
-    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, torch_dtype=DTYPES[dtype]).to(device)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return lambda steps: pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.5,
                               generator=torch.Generator().manual_seed(0)).images
 
 
-def unet_limit(path: Path, steps: int, repeats: int) -> float:
+def unet_limit(path: Path, steps: int, repeats: int, device: str = "cpu", dtype: str = "fp32") -> float:
     """steps × the median time of one batched CFG UNet forward (batch 2), plain diffusers UNet."""
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet").eval()
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=DTYPES[dtype]).to(device).eval()
     cfg = unet.config
-    x = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    emb = torch.randn(2, 77, cfg.cross_attention_dim)
+    x = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size, device=device, dtype=DTYPES[dtype])
+    emb = torch.randn(2, 77, cfg.cross_attention_dim, device=device, dtype=DTYPES[dtype])
     times = []
     with torch.inference_mode():
         unet(x, 500, encoder_hidden_states=emb)
         for _ in range(repeats * 5):
+            sync(device)
             start = time.perf_counter()
             unet(x, 500, encoder_hidden_states=emb)
+            sync(device)
             times.append(time.perf_counter() - start)
     return steps * statistics.median(times)
 
@@ -107,13 +119,27 @@ def peak_rss(kind: str, path: Path, steps: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def gpu_peak(fn, steps: int) -> dict:
+    """Peak CUDA memory (MiB) allocated by one generation above what was allocated before it."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn(steps)
+    torch.cuda.synchronize()
+    rise = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return {"peak": rise, "rise": rise}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.steps} DDIM steps, guidance 7.5, "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"threads {torch.get_num_threads()}"
+    print(f"torch {torch.__version__}, {where}, {args.dtype}, {args.steps} DDIM steps, guidance 7.5, "
           f"median of {args.repeats} interleaved runs\n")
     print("| model | ours (s) | diffusers (s) | limit (s) | ours / diffusers | ours / limit "
           "| peak RSS ours / diffusers (MiB) | RSS rise over imports ours / diffusers (MiB) |")
@@ -121,18 +147,23 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             path = build(name, Path(tmp))
-            runs = {"ours": load("ours", path), "diffusers": load("diffusers", path)}
+            runs = {k: load(k, path, args.device, args.dtype) for k in ("ours", "diffusers")}
             for fn in runs.values():
                 fn(2)  # warm-up
             times = {k: [] for k in runs}
             for _ in range(args.repeats):
                 for key, fn in runs.items():
+                    sync(args.device)
                     start = time.perf_counter()
                     fn(args.steps)
+                    sync(args.device)
                     times[key].append(time.perf_counter() - start)
             ours, theirs = statistics.median(times["ours"]), statistics.median(times["diffusers"])
-            limit = unet_limit(path, args.steps, args.repeats)
-            rss = {k: peak_rss(k, path, args.steps) for k in runs}
+            limit = unet_limit(path, args.steps, args.repeats, args.device, args.dtype)
+            if args.device == "cuda":
+                rss = {k: gpu_peak(fn, args.steps) for k, fn in runs.items()}
+            else:
+                rss = {k: peak_rss(k, path, args.steps) for k in runs}
             print(f"| {name} | {ours:.3f} | {theirs:.3f} | {limit:.3f} | {ours / theirs:.2f} | {ours / limit:.2f} "
                   f"| {rss['ours']['peak']:.0f} / {rss['diffusers']['peak']:.0f} "
                   f"| {rss['ours']['rise']:.0f} / {rss['diffusers']['rise']:.0f} |", flush=True)

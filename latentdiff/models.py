@@ -260,18 +260,23 @@ def scale_latents(components: Components, z: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def decode_latents(components: Components, latents: torch.Tensor) -> torch.Tensor:
-    """VAE decode of diffusion latents to images in [0, 1], (B, 3, H, W) float32."""
+    """VAE decode of diffusion latents to images in [0, 1], (B, 3, H, W) float32.
+
+    In the VAE's dtype, as diffusers' StableDiffusionPipeline decodes; should an fp16 decode overflow (some VAEs
+    do: SDXL's, marked ``force_upcast``), that batch is decoded again in fp32 instead of returning NaNs."""
     vae = components.vae
     latents = latents / vae.config.scaling_factor
     if getattr(vae.config, "shift_factor", None):
         latents = latents + vae.config.shift_factor
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-        vae = vae.to(torch.float32)  # the SD VAE overflows in fp16
+    images = vae.decode(latents.to(vae.dtype)).sample
+    if vae.dtype == torch.float16 and not torch.isfinite(images).all():
+        log.warning("the fp16 VAE decode overflowed; decoding again in fp32")
+        torch.nn.Module.to(vae, torch.float32)  # nn.Module's .to: diffusers' adds a warning per call
         try:
-            return (vae.decode(latents.float()).sample / 2 + 0.5).clamp(0, 1).float()
+            images = vae.decode(latents.float()).sample
         finally:
-            vae.to(torch.float16)
-    return (vae.decode(latents.to(vae.dtype)).sample / 2 + 0.5).clamp(0, 1).float()
+            torch.nn.Module.to(vae, torch.float16)
+    return (images / 2 + 0.5).clamp(0, 1).float()  # rescaled in the decode's dtype, as diffusers does
 
 
 def vae_round_trip(components: Components, images: Sequence) -> list:

@@ -56,3 +56,25 @@ def test_bf16_generates_close_to_fp32(tiny_models):
     assert pipe.components.unet.dtype == torch.bfloat16
     bf16 = np.asarray(pipe("a red circle", steps=10, seed=0)[0]).astype(int)
     assert np.abs(bf16 - fp32).mean() < 4
+
+
+def test_fp16_vae_decode_that_overflows_is_redone_in_fp32(tiny_models, caplog):
+    """Decoding is in the VAE's dtype (as diffusers' SD pipeline); an fp16 overflow falls back to fp32, not NaNs."""
+    from latentdiff.models import decode_latents
+
+    c = load_components(tiny_models[("epsilon", 8)], device="cpu", dtype="fp16")
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    normal = decode_latents(c, latents)
+    assert c.vae.dtype == torch.float16 and torch.isfinite(normal).all()
+    with torch.no_grad():
+        c.vae.post_quant_conv.weight.mul_(3000)  # activations now exceed fp16's 65504 (weights still fit)
+        c.vae.decoder.conv_in.weight.mul_(30)
+    with torch.no_grad():
+        fp32 = c.vae.float().decode(latents / c.vae.config.scaling_factor).sample
+        c.vae.half()
+    assert not torch.isfinite(c.vae.decode(latents.half() / c.vae.config.scaling_factor).sample).all()
+    with caplog.at_level("WARNING", logger="latentdiff"):
+        images = decode_latents(c, latents)
+    assert "overflowed; decoding again in fp32" in caplog.text
+    assert c.vae.dtype == torch.float16  # put back
+    torch.testing.assert_close(images, (fp32 / 2 + 0.5).clamp(0, 1), atol=1e-6, rtol=0)
