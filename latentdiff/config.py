@@ -62,7 +62,7 @@ class TrainConfig:
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0  # 0 disables clipping
-    mixed_precision: str = "no"  # no | fp16 | bf16 (fp16 needs a GPU)
+    mixed_precision: str = "no"  # no | fp16 | bf16 (fp16 needs a GPU) | auto (bf16 where the hardware has it)
     gradient_checkpointing: bool = False
     caption_dropout: float = 0.1  # probability of training on the empty prompt, for CFG
     snr_gamma: Optional[float] = None  # min-SNR-γ loss weighting (Hang et al. 2023); 5.0 is the paper's choice

@@ -25,7 +25,7 @@ from .data import Transform, scan_dataset
 from .ema import EMA
 from .images import grid, save_png
 from .inputs import SampleOrder, TrainingInputs, stable_seed
-from .models import Components, load_components, save_components
+from .models import Components, load_components, pick_device, pick_mixed_precision, save_components
 from .objective import drop_captions, noised_batch, weighted_mse
 from .schedule import PREDICTION_TYPES, Schedule, check_choice
 
@@ -75,7 +75,7 @@ def _check(config: Config) -> None:
     if "prediction_type" in overrides:
         check_choice(f"prediction_type in model.scheduler '{m.scheduler}'", overrides["prediction_type"],
                      PREDICTION_TYPES)
-    check_choice("train.mixed_precision", t.mixed_precision, ("no", "fp16", "bf16"))
+    check_choice("train.mixed_precision", t.mixed_precision, ("no", "fp16", "bf16", "auto"))
     if t.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 (works on CPU) or no")
     if config.lora.enabled and m.unet_config:
@@ -114,10 +114,14 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     m, d, t = config.model, config.data, config.train
     out = Path(t.output_dir)
     trackers = "tensorboard" if _has_tensorboard() else None
+    precision = pick_mixed_precision(t.mixed_precision, pick_device("auto"))
+    if precision != t.mixed_precision:
+        log.info("train.mixed_precision=auto: %s on this %s", precision,
+                 "GPU" if torch.cuda.is_available() else "CPU")
     # cpu=True without CUDA makes processes started by torchrun / `accelerate launch --multi_gpu` join as MULTI_CPU
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               gradient_accumulation_steps=t.gradient_accumulation_steps,
-                              mixed_precision=t.mixed_precision, log_with=trackers,
+                              mixed_precision=precision, log_with=trackers,
                               project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
     rank, world = accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
@@ -228,6 +232,7 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
         (out / "result.json").write_text(json.dumps({
             "global_step": step, "loss": loss_value, "checkpoints": [str(p) for p in list_checkpoints(out)],
             "num_processes": world, "weights_sha256_per_rank": digests, "encoder_counts_rank0": inputs.counts,
+            "mixed_precision": precision,
         }, indent=2))
     accelerator.end_training()
     return result

@@ -78,3 +78,22 @@ def test_fp16_vae_decode_that_overflows_is_redone_in_fp32(tiny_models, caplog):
     assert "overflowed; decoding again in fp32" in caplog.text
     assert c.vae.dtype == torch.float16  # put back
     torch.testing.assert_close(images, (fp32 / 2 + 0.5).clamp(0, 1), atol=1e-6, rtol=0)
+
+
+def test_auto_mixed_precision_uses_bf16_only_where_the_hardware_has_it(tmp_path, monkeypatch):
+    import latentdiff.models as models
+
+    cpuinfo = tmp_path / "cpuinfo"
+    for text, native in [("flags\t\t: fpu sse2 avx2 avx512f\n", False), ("flags\t\t: fpu avx512f avx512_bf16\n", True),
+                         ("flags\t\t: fpu amx_bf16 amx_tile\n", True), ("Features\t: fp asimd bf16 i8mm\n", True)]:
+        cpuinfo.write_text("processor\t: 0\n" + text)
+        assert models.cpu_has_native_bf16(str(cpuinfo)) is native, text
+    assert models.cpu_has_native_bf16(str(tmp_path / "missing")) is False
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native, expected in [(True, "bf16"), (False, "no")]:
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda native=native: native)
+        assert models.pick_mixed_precision("auto", cpu) == expected
+    for supported, expected in [(True, "bf16"), (False, "fp16")]:
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert models.pick_mixed_precision("auto", cuda) == expected
+    assert [models.pick_mixed_precision(c, cpu) for c in ("no", "bf16")] == ["no", "bf16"]

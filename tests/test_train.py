@@ -265,6 +265,19 @@ def test_bf16_mixed_precision_and_gradient_checkpointing_on_cpu(tiny_models, dat
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_mixed_precision_follows_the_cpu(tiny_models, dataset, tmp_path, monkeypatch, native):
+    """`auto` trains in bf16 only on CPUs that compute it natively (emulated bf16 is several times slower)."""
+    import latentdiff.models as models
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(make_config(tmp_path, tiny_models[("epsilon", 8)], dataset, max_steps=1, mixed_precision="auto"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["mixed_precision"] == ("bf16" if native else "no")
+
+
 def test_build_stage_4_finetunes_on_its_own_schedule_and_is_skipped_when_done(tiny_models, dataset, tmp_path):
     """`shapes build` stage 4: stage 3's model, its scheduler swapped for scheduler-finetune.json, trained on;
     the result carries the new schedule, stage 3's folder is left as it was, and a second build skips it."""
