@@ -25,7 +25,8 @@ from .data import Transform, scan_dataset
 from .ema import EMA
 from .images import grid, save_png
 from .inputs import SampleOrder, TrainingInputs, stable_seed
-from .models import Components, load_components, pick_device, pick_mixed_precision, save_components
+from .models import (Components, cpu_has_native_bf16, load_components, pick_device, pick_mixed_precision,
+                     save_components)
 from .objective import drop_captions, noised_batch, weighted_mse
 from .schedule import PREDICTION_TYPES, Schedule, check_choice
 
@@ -118,6 +119,9 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     if precision != t.mixed_precision:
         log.info("train.mixed_precision=auto: %s on this %s", precision,
                  "GPU" if torch.cuda.is_available() else "CPU")
+    elif precision == "bf16" and not torch.cuda.is_available() and not cpu_has_native_bf16():
+        log.warning("train.mixed_precision=bf16 on a CPU without native bf16 is emulated and many times slower "
+                    "than fp32; use auto or no")
     # cpu=True without CUDA makes processes started by torchrun / `accelerate launch --multi_gpu` join as MULTI_CPU
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               gradient_accumulation_steps=t.gradient_accumulation_steps,

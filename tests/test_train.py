@@ -266,16 +266,25 @@ def test_bf16_mixed_precision_and_gradient_checkpointing_on_cpu(tiny_models, dat
 
 
 @pytest.mark.parametrize("native", [False, True])
-def test_auto_mixed_precision_follows_the_cpu(tiny_models, dataset, tmp_path, monkeypatch, native):
+def test_auto_mixed_precision_follows_the_cpu(tiny_models, dataset, tmp_path, monkeypatch, caplog, native):
     """`auto` trains in bf16 only on CPUs that compute it natively (emulated bf16 is several times slower)."""
     import latentdiff.models as models
     from accelerate.state import AcceleratorState
 
+    import latentdiff.train as training
+
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
     AcceleratorState._reset_state(reset_partial_state=True)
     train(make_config(tmp_path, tiny_models[("epsilon", 8)], dataset, max_steps=1, mixed_precision="auto"))
     AcceleratorState._reset_state(reset_partial_state=True)
     assert json.loads((tmp_path / "run" / "result.json").read_text())["mixed_precision"] == ("bf16" if native else "no")
+    # asking for bf16 outright where it is emulated warns, once, and names the fix
+    with caplog.at_level("WARNING", logger="latentdiff"):
+        train(make_config(tmp_path / "explicit", tiny_models[("epsilon", 8)], dataset, max_steps=1,
+                          mixed_precision="bf16"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert ("emulated and many times slower than fp32; use auto or no" in caplog.text) is (not native)
 
 
 def test_build_stage_4_finetunes_on_its_own_schedule_and_is_skipped_when_done(tiny_models, dataset, tmp_path):
