@@ -29,6 +29,7 @@ from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,  #
                        UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
+from latentdiff.models import DTYPES  # noqa: E402
 from latentdiff.pipeline import Pipeline  # noqa: E402
 from latentdiff.tokenizer import build_clip_tokenizer  # noqa: E402
 
@@ -64,9 +65,6 @@ def build(name: str, folder: Path) -> Path:
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder / name, safe_serialization=True)
     return folder / name
-
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def sync(device: str) -> None:

@@ -115,15 +115,15 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     m, d, t = config.model, config.data, config.train
     out = Path(t.output_dir)
     trackers = "tensorboard" if _has_tensorboard() else None
-    precision = pick_mixed_precision(t.mixed_precision, pick_device("auto"))
+    device = pick_device("auto")
+    precision = pick_mixed_precision(t.mixed_precision, device)
     if precision != t.mixed_precision:
-        log.info("train.mixed_precision=auto: %s on this %s", precision,
-                 "GPU" if torch.cuda.is_available() else "CPU")
-    elif precision == "bf16" and not torch.cuda.is_available() and not cpu_has_native_bf16():
+        log.info("train.mixed_precision=auto: %s on this %s", precision, "GPU" if device.type == "cuda" else "CPU")
+    elif precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("train.mixed_precision=bf16 on a CPU without native bf16 is emulated and many times slower "
                     "than fp32; use auto or no")
     # cpu=True without CUDA makes processes started by torchrun / `accelerate launch --multi_gpu` join as MULTI_CPU
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+    accelerator = Accelerator(cpu=device.type == "cpu",
                               gradient_accumulation_steps=t.gradient_accumulation_steps,
                               mixed_precision=precision, log_with=trackers,
                               project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))

@@ -20,3 +20,13 @@ def tiny_models(tmp_path_factory):
     }
     models["sd2"] = save_tiny(root / "sd2", prediction_type="v_prediction", vae_factor=8, sd2=True)
     return models
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A folder of 8 rendered shapes images with captions, in the custom-dataset format."""
+    from latentdiff.shapes import render_dataset
+
+    root = tmp_path_factory.mktemp("shapes")
+    render_dataset(root, 8, seed=0)
+    return root

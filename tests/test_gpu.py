@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from latentdiff.models import DEFAULT_MODEL
+from tiny import fixed_batch_loss
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -93,31 +94,6 @@ def test_cli_generate_on_cuda_records_fp16(tiny_models, tmp_path):
     assert json.loads(Image.open(out).text["latentdiff"])["dtype"] == "float16"
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from latentdiff.shapes import render_dataset
-
-    root = tmp_path_factory.mktemp("shapes")
-    render_dataset(root, 8, seed=0)
-    return root
-
-
-def _eval_loss(folder, data):
-    from latentdiff.data import Transform, scan_dataset
-    from latentdiff.inputs import TrainingInputs
-    from latentdiff.models import load_components
-    from latentdiff.objective import noised_batch, weighted_mse
-
-    c = load_components(folder, device="cpu")
-    inputs = TrainingInputs(scan_dataset(data).items, Transform(64), c, seed=0)
-    g = torch.Generator().manual_seed(123)
-    latents, text = inputs.batch([(0, i) for i in range(8)], g)
-    batch = noised_batch(latents, c.schedule, g)
-    with torch.no_grad():
-        return weighted_mse(c.unet(batch.x_t, batch.t, encoder_hidden_states=text).sample, batch.target,
-                            batch.weight).item()
-
-
 @pytest.mark.parametrize("precision", ["fp16", "bf16", "no"])
 def test_mixed_precision_training_on_cuda_lowers_the_loss(tiny_models, dataset, tmp_path, precision):
     """As the CPU test: 30 steps lower the loss on a fixed batch below 0.7× the base model's; weights stay fp32."""
@@ -138,7 +114,7 @@ def test_mixed_precision_training_on_cuda_lowers_the_loss(tiny_models, dataset, 
                              f"train.mixed_precision={precision}"])
     result = train(cfg)
     AcceleratorState._reset_state(reset_partial_state=True)
-    before, after = _eval_loss(model, dataset), _eval_loss(result.model_dir, dataset)
+    before, after = fixed_batch_loss(model, dataset), fixed_batch_loss(result.model_dir, dataset)
     print(f"\ntraining on CUDA, mixed_precision={precision}: loss {before:.4f} -> {after:.4f}")
     assert after < 0.7 * before, (before, after)
     weights = load_file(str(next((result.model_dir / "unet").glob("*.safetensors"))))

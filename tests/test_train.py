@@ -15,17 +15,10 @@ import yaml
 from safetensors.torch import load_file
 
 from latentdiff.config import load_config
-from latentdiff.shapes import render_dataset
 from latentdiff.train import TrainingError, train
+from tiny import fixed_batch_loss
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    render_dataset(root, 8, seed=0)
-    return root
 
 
 def make_config(tmp_path, model, data, **train):
@@ -62,23 +55,8 @@ def test_training_lowers_the_loss_and_exports_a_loadable_model(tiny_models, data
     log = json.loads((tmp_path / "run" / "result.json").read_text())
     assert log["global_step"] == 30 and len(log["checkpoints"]) == 1
     # the same fixed evaluation batch, before (the base model) and after training
-    from latentdiff.models import load_components
-
-    def eval_loss(folder):
-        from latentdiff.inputs import TrainingInputs
-        from latentdiff.data import Transform, scan_dataset
-        from latentdiff.objective import noised_batch, weighted_mse
-
-        c = load_components(folder, device="cpu")
-        inputs = TrainingInputs(scan_dataset(dataset).items, Transform(64), c, seed=0)
-        g = torch.Generator().manual_seed(123)
-        latents, text = inputs.batch([(0, i) for i in range(8)], g)
-        batch = noised_batch(latents, c.schedule, g)
-        with torch.no_grad():
-            return weighted_mse(c.unet(batch.x_t, batch.t, encoder_hidden_states=text).sample, batch.target,
-                                batch.weight).item()
-
-    before, after = eval_loss(tiny_models[("epsilon", 8)]), eval_loss(first.model_dir)
+    before = fixed_batch_loss(tiny_models[("epsilon", 8)], dataset)
+    after = fixed_batch_loss(first.model_dir, dataset)
     assert after < 0.7 * before, (before, after)
     pipe = StableDiffusionPipeline.from_pretrained(first.model_dir, safety_checker=None)
     assert pipe.unet.config.sample_size == 8

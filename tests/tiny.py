@@ -42,3 +42,21 @@ def tiny_components(prediction_type="epsilon", vae_factor=8, seed=0, context=16,
 def save_tiny(folder: Path, **kwargs) -> Path:
     tiny_components(**kwargs).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def fixed_batch_loss(model, data) -> float:
+    """The training loss of the model folder ``model`` on one fixed batch of 8 images from ``data`` (CPU, fp32):
+    the same numbers before and after training, to tell whether training lowered it."""
+    from latentdiff.data import Transform, scan_dataset
+    from latentdiff.inputs import TrainingInputs
+    from latentdiff.models import load_components
+    from latentdiff.objective import noised_batch, weighted_mse
+
+    c = load_components(model, device="cpu")
+    inputs = TrainingInputs(scan_dataset(data).items, Transform(64), c, seed=0)
+    g = torch.Generator().manual_seed(123)
+    latents, text = inputs.batch([(0, i) for i in range(8)], g)
+    batch = noised_batch(latents, c.schedule, g)
+    with torch.no_grad():
+        return weighted_mse(c.unet(batch.x_t, batch.t, encoder_hidden_states=text).sample, batch.target,
+                            batch.weight).item()
