@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,10 @@ class TrainResult:
     model_dir: Optional[Path] = None
     lora_path: Optional[Path] = None
     encoder_counts: dict = field(default_factory=dict)
+    seconds_per_step: Optional[float] = None  # wall time per optimizer step, after the first WARMUP_STEPS
+
+
+WARMUP_STEPS = 3  # steps left out of seconds_per_step (allocator, kernel selection, first checkpoint dirs)
 
 
 def read_scheduler_overrides(path: Optional[str]) -> dict:
@@ -185,6 +190,7 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     bar = tqdm(total=t.max_steps, initial=step, disable=not (t.progress and accelerator.is_local_main_process),
                desc="train", dynamic_ncols=True)
     loss_value = float("nan")
+    clock = _StepClock(step)
     while step < t.max_steps:
         for micro in range(t.gradient_accumulation_steps):
             g = step * t.gradient_accumulation_steps + micro
@@ -207,6 +213,7 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
             ema.update(step)
         step += 1
         loss_value = accelerator.reduce(loss.detach(), "mean").item()
+        clock.tick(step)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
         if trackers and step % t.log_every == 0:
@@ -218,7 +225,8 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     bar.close()
 
     # 5. Export: the EMA weights if any; LoRA as a diffusers LoRA file, else a full model folder.
-    result = TrainResult(step, loss_value, out, encoder_counts=dict(inputs.counts))
+    result = TrainResult(step, loss_value, out, encoder_counts=dict(inputs.counts),
+                         seconds_per_step=clock.seconds_per_step())
     from accelerate.utils import gather_object
 
     digests = gather_object([module_identity(accelerator.unwrap_model(unet))])  # equal iff ranks agree
@@ -236,10 +244,29 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
         (out / "result.json").write_text(json.dumps({
             "global_step": step, "loss": loss_value, "checkpoints": [str(p) for p in list_checkpoints(out)],
             "num_processes": world, "weights_sha256_per_rank": digests, "encoder_counts_rank0": inputs.counts,
-            "mixed_precision": precision,
+            "mixed_precision": precision, "seconds_per_step": result.seconds_per_step,
         }, indent=2))
     accelerator.end_training()
     return result
+
+
+class _StepClock:
+    """Seconds per optimizer step, checkpoints and validation included, the first WARMUP_STEPS left out."""
+
+    def __init__(self, first_step: int):
+        self.start_step, self.start, self.last_step, self.last = first_step + WARMUP_STEPS, None, None, None
+
+    def tick(self, step: int) -> None:
+        now = time.perf_counter()
+        if step == self.start_step:
+            self.start = now
+        elif step > self.start_step:
+            self.last_step, self.last = step, now
+
+    def seconds_per_step(self) -> Optional[float]:
+        if self.last is None:
+            return None
+        return (self.last - self.start) / (self.last_step - self.start_step)
 
 
 def _stop_if_not_finite(accelerator, loss: torch.Tensor, step: int, out: Path) -> None:

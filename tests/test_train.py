@@ -54,6 +54,7 @@ def test_training_lowers_the_loss_and_exports_a_loadable_model(tiny_models, data
     first = train(cfg)
     log = json.loads((tmp_path / "run" / "result.json").read_text())
     assert log["global_step"] == 30 and len(log["checkpoints"]) == 1
+    assert log["seconds_per_step"] == first.seconds_per_step > 0
     # the same fixed evaluation batch, before (the base model) and after training
     before = fixed_batch_loss(tiny_models[("epsilon", 8)], dataset)
     after = fixed_batch_loss(first.model_dir, dataset)
@@ -267,24 +268,31 @@ def test_auto_mixed_precision_follows_the_cpu(tiny_models, dataset, tmp_path, mo
 
 def test_build_stage_4_finetunes_on_its_own_schedule_and_is_skipped_when_done(tiny_models, dataset, tmp_path):
     """`shapes build` stage 4: stage 3's model, its scheduler swapped for scheduler-finetune.json, trained on;
-    the result carries the new schedule, stage 3's folder is left as it was, and a second build skips it."""
+    the result carries the new schedule, stage 3's folder is left as it was, and a second build skips it.
+    The recipe inherits the schedule from a parent recipe folder (``inherit`` in world.yaml)."""
     import shutil
 
-    from latentdiff.shapes.build import stage_finetune
+    from latentdiff.shapes.build import Recipe, stage_finetune
 
-    configs, workdir = tmp_path / "configs", tmp_path / "work"
+    parent, configs, workdir = tmp_path / "base-recipe", tmp_path / "configs", tmp_path / "work"
+    parent.mkdir()
     configs.mkdir()
+    (parent / "world.yaml").write_text("train_images: 8\n")
+    (configs / "world.yaml").write_text("inherit: ../base-recipe\n")
     stage3 = workdir / "unet" / "model"
     shutil.copytree(tiny_models[("epsilon", 8)], stage3)
     before = (stage3 / "scheduler" / "scheduler_config.json").read_text()
     schedule = dict(json.loads(before), prediction_type="v_prediction", rescale_betas_zero_snr=True,
                     timestep_spacing="trailing")
-    (configs / "scheduler-finetune.json").write_text(json.dumps(schedule))
+    (parent / "scheduler-finetune.json").write_text(json.dumps(schedule))
     (configs / "unet-finetune.yaml").write_text(
         "data: {resolution: 64}\ntrain: {batch_size: 2, max_steps: 3, learning_rate: 1.0e-3, ema_decay: null,\n"
         "        checkpoint_every: 3}\n")
     calls = []
-    out = stage_finetune(configs, workdir, stage3, dataset, False, lambda stage, start, **numbers: calls.append(stage))
+    recipe = Recipe(configs)
+    assert recipe.path("scheduler-finetune.json") == parent / "scheduler-finetune.json"
+    assert recipe.path("clip.yaml") is None
+    out = stage_finetune(recipe, workdir, stage3, dataset, False, lambda stage, start, **numbers: calls.append(stage))
 
     shipped = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     assert {k: shipped[k] for k in schedule if k in shipped} == {k: schedule[k] for k in schedule if k in shipped}
@@ -292,7 +300,7 @@ def test_build_stage_4_finetunes_on_its_own_schedule_and_is_skipped_when_done(ti
     assert (stage3 / "scheduler" / "scheduler_config.json").read_text() == before
     old, new = unet_weights(stage3), unet_weights(out)
     assert old.keys() == new.keys() and any(not torch.equal(old[k], new[k]) for k in old)
-    assert stage_finetune(configs, workdir, stage3, dataset, False, lambda *a, **k: calls.append("again")) == out
+    assert stage_finetune(recipe, workdir, stage3, dataset, False, lambda *a, **k: calls.append("again")) == out
     assert calls == ["unet_finetune"]
 
 
@@ -330,3 +338,16 @@ def test_model_scheduler_fine_tunes_on_another_schedule_as_if_the_folder_had_it(
         with pytest.raises(ValueError, match=message) as error:
             train(config)
         assert "\n" not in str(error.value)
+
+
+def test_step_clock_leaves_out_the_warmup_steps(monkeypatch):
+    from latentdiff import train as train_module
+
+    times = iter([0.0, 10.0, 11.0, 12.0, 14.0, 16.0])  # steps 1..6 end at these times; 1-3 are warm-up
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(times))
+    clock = train_module._StepClock(0)
+    for step in range(1, 7):
+        clock.tick(step)
+    assert clock.seconds_per_step() == (16.0 - 11.0) / 3
+    short = train_module._StepClock(10)  # resumed at 10, stopped within the warm-up: no number
+    assert short.seconds_per_step() is None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -36,8 +37,29 @@ def _arrays(n: int, seed: int, split: str) -> tuple[np.ndarray, list[str]]:
     return np.stack(images), captions
 
 
-def _read(folder: Path, name: str) -> dict:
-    return yaml.safe_load((folder / name).read_text())
+class Recipe:
+    """The files of a recipe folder; a file it lacks comes from the folder its ``world.yaml`` names in ``inherit``
+    (relative to the recipe), so a variant (e.g. ``configs/shapes-gpu``) holds only what it changes."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        world = self.folder / "world.yaml"
+        if not world.is_file():
+            raise ValueError(f"--configs '{self.folder}' has no world.yaml; pass a recipe folder such as configs/shapes")
+        inherit = (yaml.safe_load(world.read_text()) or {}).get("inherit")
+        self.parent = Recipe(Path(os.path.normpath(self.folder / inherit))) if inherit else None
+
+    def path(self, name: str) -> Path | None:
+        """The file ``name`` of this recipe or the one it inherits from; None when neither has it."""
+        if (self.folder / name).is_file():
+            return self.folder / name
+        return self.parent.path(name) if self.parent else None
+
+    def read(self, name: str) -> dict:
+        path = self.path(name)
+        if path is None:
+            raise ValueError(f"recipe '{self.folder}' lacks {name}; add it (or inherit a folder that has it)")
+        return yaml.safe_load(path.read_text())  # JSON is YAML
 
 
 def stage_vae(cfg: dict, images, heldout, out: Path, progress: bool) -> dict:
@@ -112,23 +134,23 @@ def train_unet(recipe: Path, pretrained: Path, data: Path, out: Path, progress: 
     return train(config, resume="latest")
 
 
-def stage_finetune(configs: Path, workdir: Path, model: Path, data: Path, progress: bool, done) -> Path:
+def stage_finetune(recipe: Recipe, workdir: Path, model: Path, data: Path, progress: bool, done) -> Path:
     """Stage 4: fine-tune stage 3's UNet, possibly on another noise schedule; returns the final model folder."""
     out = workdir / "unet-finetune"
     if not (out / "model" / "model_index.json").is_file():
         start = time.perf_counter()
-        schedule = configs / "scheduler-finetune.json"  # the stage 4 schedule replaces stage 3's, if given
-        result = train_unet(configs / "unet-finetune.yaml", model, data, out, progress,
+        schedule = recipe.path("scheduler-finetune.json")  # the stage 4 schedule replaces stage 3's, if given
+        result = train_unet(recipe.path("unet-finetune.yaml"), model, data, out, progress,
                             f"data.cache_dir={workdir / 'unet' / 'cache'}",
-                            *([f"model.scheduler={schedule}"] if schedule.is_file() else []))
+                            *([f"model.scheduler={schedule}"] if schedule else []))
         done("unet_finetune", start, unet_finetune_final_loss=result.loss, unet_finetune_steps=result.global_step)
     return out / "model"
 
 
 def build(configs: Path, workdir: Path, dest: Path, progress: bool = True) -> dict:
     """Run the stages that are not done yet; returns the report (also written to dest/build_report.json)."""
-    configs, workdir, dest = Path(configs), Path(workdir), Path(dest)
-    world = _read(configs, "world.yaml")
+    recipe, workdir, dest = Recipe(configs), Path(workdir), Path(dest)
+    world = recipe.read("world.yaml")
     workdir.mkdir(parents=True, exist_ok=True)
     report_file = workdir / "build_report.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else {"seconds": {}}
@@ -149,20 +171,20 @@ def build(configs: Path, workdir: Path, dest: Path, progress: bool = True) -> di
     base = workdir / "base"
     if not (base / "vae" / "config.json").is_file():
         start = time.perf_counter()
-        done("vae", start, **stage_vae(_read(configs, "vae.yaml"), images, heldout, base, progress))
+        done("vae", start, **stage_vae(recipe.read("vae.yaml"), images, heldout, base, progress))
     if not (base / "text_encoder" / "config.json").is_file():
         start = time.perf_counter()
-        done("clip", start, **stage_clip(_read(configs, "clip.yaml"), images, captions, heldout, heldout_captions,
+        done("clip", start, **stage_clip(recipe.read("clip.yaml"), images, captions, heldout, heldout_captions,
                                          base, progress))
-    write_base(base, json.loads((configs / "scheduler.json").read_text()))
+    write_base(base, recipe.read("scheduler.json"))
     if not (workdir / "unet" / "model" / "model_index.json").is_file():
         start = time.perf_counter()
-        result = train_unet(configs / "unet.yaml", base, data, workdir / "unet", progress)
+        result = train_unet(recipe.path("unet.yaml"), base, data, workdir / "unet", progress)
         done("unet", start, unet_final_loss=result.loss, unet_steps=result.global_step)
     final = workdir / "unet" / "model"
-    if (configs / "unet-finetune.yaml").is_file():
-        final = stage_finetune(configs, workdir, final, data, progress, done)
-    generation = json.loads((configs / "generation.json").read_text())
+    if recipe.path("unet-finetune.yaml"):
+        final = stage_finetune(recipe, workdir, final, data, progress, done)
+    generation = recipe.read("generation.json")
     to_fp16_folder(final, dest, generation)
     report["total_seconds"] = round(sum(report["seconds"].values()), 1)
     report["size_mb"] = round(sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) / 2**20, 2)
