@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # torch/torchvision pinned here only: this pair is served from the local disk (fast); other pins download GBs.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-slow test-gpu bench weights clean
+.PHONY: setup demo test test-slow test-gpu bench weights weights-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 
 weights: $(STAMP)
 	$(BIN)/latentdiff shapes build --configs configs/shapes --workdir outputs/shapes-build --out weights/shapes
+
+# version 6's recipe: ~13 min on one H200 (benchmarks/README.md); days on 2 CPU cores
+weights-gpu: $(STAMP)
+	$(BIN)/latentdiff shapes build --configs configs/shapes-gpu --workdir outputs/shapes-build-gpu --out weights/shapes
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
