@@ -10,6 +10,7 @@ CPU only where /proc/cpuinfo lists native bf16 (`latentdiff.models.cpu_has_nativ
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import sys
 import time
@@ -54,8 +55,6 @@ def main():
         for bf16 in (False, True):
             times[bf16].append(step(bf16))
     fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
-    import platform
-
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}, "
           f"native bf16 in /proc/cpuinfo: {cpu_has_native_bf16()}, batch {args.batch_size}, median of {args.steps}\n")
     print("| autocast | s/step | vs fp32 |\n|---|---:|---:|")

@@ -235,3 +235,19 @@ def test_vocabulary_is_complete():
     assert len(SHAPES) >= 4 and len(COLORS) >= 8 and len(BACKGROUNDS) >= 3
     assert set(POSITIONS) == {"top left", "top", "top right", "left", "center", "right",
                               "bottom left", "bottom", "bottom right"}
+
+
+def test_recipe_names_a_missing_file_and_an_inheritance_cycle(tmp_path):
+    from latentdiff.shapes.build import Recipe
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "world.yaml").write_text("inherit: ../b\n")
+    (tmp_path / "b" / "world.yaml").write_text("train_images: 8\n")
+    with pytest.raises(ValueError, match="lacks unet.yaml"):
+        Recipe(tmp_path / "a").required("unet.yaml")
+    (tmp_path / "b" / "world.yaml").write_text("inherit: ../a\n")
+    with pytest.raises(ValueError, match="inherits from itself"):
+        Recipe(tmp_path / "a")
+    with pytest.raises(ValueError, match="has no world.yaml"):
+        Recipe(tmp_path / "c")

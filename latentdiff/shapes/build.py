@@ -41,13 +41,15 @@ class Recipe:
     """The files of a recipe folder; a file it lacks comes from the folder its ``world.yaml`` names in ``inherit``
     (relative to the recipe), so a variant (e.g. ``configs/shapes-gpu``) holds only what it changes."""
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: Path, _seen: tuple[Path, ...] = ()):
+        self.folder = Path(os.path.normpath(folder))
         world = self.folder / "world.yaml"
         if not world.is_file():
-            raise ValueError(f"--configs '{self.folder}' has no world.yaml; pass a recipe folder such as configs/shapes")
+            raise ValueError(f"recipe folder '{self.folder}' has no world.yaml; pass one such as configs/shapes")
+        if self.folder in _seen:
+            raise ValueError(f"recipe '{_seen[0]}' inherits from itself through '{self.folder}'; fix 'inherit'")
         inherit = (yaml.safe_load(world.read_text()) or {}).get("inherit")
-        self.parent = Recipe(Path(os.path.normpath(self.folder / inherit))) if inherit else None
+        self.parent = Recipe(self.folder / inherit, (*_seen, self.folder)) if inherit else None
 
     def path(self, name: str) -> Path | None:
         """The file ``name`` of this recipe or the one it inherits from; None when neither has it."""
@@ -55,11 +57,14 @@ class Recipe:
             return self.folder / name
         return self.parent.path(name) if self.parent else None
 
-    def read(self, name: str) -> dict:
+    def required(self, name: str) -> Path:
         path = self.path(name)
         if path is None:
             raise ValueError(f"recipe '{self.folder}' lacks {name}; add it (or inherit a folder that has it)")
-        return yaml.safe_load(path.read_text())  # JSON is YAML
+        return path
+
+    def read(self, name: str) -> dict:
+        return yaml.safe_load(self.required(name).read_text())  # JSON is YAML
 
 
 def stage_vae(cfg: dict, images, heldout, out: Path, progress: bool) -> dict:
@@ -140,7 +145,7 @@ def stage_finetune(recipe: Recipe, workdir: Path, model: Path, data: Path, progr
     if not (out / "model" / "model_index.json").is_file():
         start = time.perf_counter()
         schedule = recipe.path("scheduler-finetune.json")  # the stage 4 schedule replaces stage 3's, if given
-        result = train_unet(recipe.path("unet-finetune.yaml"), model, data, out, progress,
+        result = train_unet(recipe.required("unet-finetune.yaml"), model, data, out, progress,
                             f"data.cache_dir={workdir / 'unet' / 'cache'}",
                             *([f"model.scheduler={schedule}"] if schedule else []))
         done("unet_finetune", start, unet_finetune_final_loss=result.loss, unet_finetune_steps=result.global_step)
@@ -179,7 +184,7 @@ def build(configs: Path, workdir: Path, dest: Path, progress: bool = True) -> di
     write_base(base, recipe.read("scheduler.json"))
     if not (workdir / "unet" / "model" / "model_index.json").is_file():
         start = time.perf_counter()
-        result = train_unet(recipe.path("unet.yaml"), base, data, workdir / "unet", progress)
+        result = train_unet(recipe.required("unet.yaml"), base, data, workdir / "unet", progress)
         done("unet", start, unet_final_loss=result.loss, unet_steps=result.global_step)
     final = workdir / "unet" / "model"
     if recipe.path("unet-finetune.yaml"):
