@@ -50,7 +50,7 @@ from ..sampling import ddim_invert, ddim_step
 from ..schedule import Schedule
 
 METHODS = ("ddim", "nti", "npi", "direct")
-FIXED_POINT_ITERS = 3  # default refinement per inversion step (stops early; ~1.7 extra UNet passes per step)
+FIXED_POINT_ITERS = 3  # default refinement per inversion step (stops early; ~1 UNet pass per step in all)
 NULL_PROMPT = ""  # the "null text" of classifier-free guidance
 FILE_FORMAT, FILE_VERSION = "latentdiff-inversion", "1"
 
@@ -302,14 +302,20 @@ def null_text_optimization(components: Components, pivot: torch.Tensor, cond: to
     z, phi, fitted, iterations = pivot[-1:], null.clone(), [], 0
     for i, t, a, a_next in tqdm(_steps(components, steps), disable=not progress, desc="null-text optimization"):
         target = pivot[N - i - 1 : N - i]  # z*_{t-1}
-        with torch.no_grad():
-            out_cond = model(z, t, cond)  # 1. independent of ∅: once per step
         phi = phi.detach().clone().requires_grad_(True)  # a new leaf: Adam updates it in place
+        out_cond = None  # 1. independent of ∅: once per step, in one batch with the first evaluation of ∅
+        if not settings.inner_steps:
+            with torch.no_grad():
+                out_cond = model(z, t, cond)
         optimizer = torch.optim.Adam([phi], lr=settings.lr * (1.0 - i * settings.lr_decay))
         threshold = settings.epsilon + i * settings.epsilon_growth
         best = None  # (loss, ∅, output) of the best ∅ evaluated (stop_before_update)
-        for j in range(settings.inner_steps):  # 2. only the unconditional branch, with grad wrt ∅
-            out = model(z, t, phi)
+        for j in range(settings.inner_steps):  # 2. the unconditional branch, with grad wrt ∅
+            if out_cond is None:
+                out_cond, out = model(torch.cat([z, z]), t, torch.cat([cond, phi])).chunk(2)
+                out_cond = out_cond.detach()
+            else:
+                out = model(z, t, phi)
             loss = F.mse_loss(_guided_step(schedule, z, out, out_cond, guidance, a, a_next), target)
             iterations += 1
             if settings.stop_before_update:
