@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     ev.add_argument("--seen", type=int, default=48, help="prompts with seen (shape, color) pairs (default 48)")
     ev.add_argument("--heldout", type=int, default=24, help="prompts with held-out pairs (default 24)")
+    ev.add_argument("--prompt-seed", type=int,
+                    help="draws the prompt set (default 1234, the set of the recorded tables); another seed gives a "
+                         "second set, to tell a difference from noise")
+    ev.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ in [0, 1] (default 0)")
     ev.add_argument("--out", type=Path, default=Path("outputs/eval"), help="grids and JSON results (default outputs/eval)")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -166,7 +170,7 @@ def resolve_model(model):
 def cmd_eval(args) -> int:
     from .models import vae_round_trip
     from .pipeline import Pipeline
-    from .shapes.evaluate import ROUND_TRIP, evaluate, prompt_set, table
+    from .shapes.evaluate import PROMPT_SEED, ROUND_TRIP, evaluate, prompt_set, table
 
     quiet_libraries()
     pipe = Pipeline.from_pretrained(resolve_model(args.model), dtype=args.dtype, device=args.device,
@@ -174,9 +178,12 @@ def cmd_eval(args) -> int:
     guidances = args.guidance or sorted({1.0, float(pipe.defaults.guidance)})
     if args.seeds < 1:
         raise ValueError(f"--seeds {args.seeds} must be at least 1")
-    results = evaluate(pipe, prompt_set(args.seen, args.heldout), guidances, seeds=args.seeds, steps=args.steps,
-                       out_dir=args.out, progress=not args.quiet,
-                       round_trip=lambda images: vae_round_trip(pipe.components, images))
+    if not 0.0 <= args.guidance_rescale <= 1.0:
+        raise ValueError(f"--guidance-rescale {args.guidance_rescale} must be in [0, 1]")
+    results = evaluate(pipe, prompt_set(args.seen, args.heldout, seed=PROMPT_SEED if args.prompt_seed is None else args.prompt_seed), guidances, seeds=args.seeds,
+                       steps=args.steps, out_dir=args.out, progress=not args.quiet,
+                       round_trip=lambda images: vae_round_trip(pipe.components, images),
+                       guidance_rescale=args.guidance_rescale)
     print(table(results))
     print(f"('{ROUND_TRIP}': true renderings of the same prompts through the model's VAE alone, the ceiling)")
     print(f"grids and readings in {args.out}/")

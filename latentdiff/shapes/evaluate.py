@@ -27,7 +27,10 @@ def canonical_caption(attrs: dict) -> str:
             f"on a {attrs['background']} background")
 
 
-def prompt_set(n_seen: int = 48, n_heldout: int = 24, seed: int = 1234) -> list[dict]:
+PROMPT_SEED = 1234  # the fixed prompt set every table in benchmarks/README.md uses unless it says otherwise
+
+
+def prompt_set(n_seen: int = 48, n_heldout: int = 24, seed: int = PROMPT_SEED) -> list[dict]:
     """Fixed prompts: attributes, caption and split ('seen' or 'heldout')."""
     rng = np.random.default_rng(seed)
     out = []
@@ -46,7 +49,8 @@ def accuracy(scored: Sequence[tuple[dict, dict]]) -> dict:
 
 
 def evaluate(pipe, prompts: Sequence[dict], guidances: Sequence[float], seeds: int = 2, steps: int | None = None,
-             chunk: int = 24, out_dir: Path | None = None, progress: bool = False, round_trip=None) -> dict:
+             chunk: int = 24, out_dir: Path | None = None, progress: bool = False, round_trip=None,
+             guidance_rescale: float = 0.0) -> dict:
     """{guidance: {split: {attribute: accuracy}}}; also writes grids and a JSON of every reading to out_dir.
 
     With ``round_trip`` (the model's VAE encode → decode on PIL images), the results also hold
@@ -59,7 +63,7 @@ def evaluate(pipe, prompts: Sequence[dict], guidances: Sequence[float], seeds: i
         for start in range(0, len(prompts), chunk):
             part = prompts[start:start + chunk]
             generated = pipe.generate([p["caption"] for p in part], guidance=w, num_images=seeds, steps=steps,
-                                      seed=start * seeds, progress=progress)
+                                      seed=start * seeds, progress=progress, guidance_rescale=guidance_rescale)
             for k, g in enumerate(generated):
                 p = part[k // seeds]
                 read = analyze(g.image)
