@@ -42,6 +42,12 @@ def test_edit_writes_side_by_side_and_each_alone(tiny_models, photo, tmp_path, c
     assert params["fixed_point_iters"] == 3
     recon = np.asarray(Image.open(tmp_path / "e-reconstruction.png"))
     assert np.array_equal(np.asarray(side)[:, 64:128], recon)
+    # the reconstruction's PSNR against the (cropped) input, as the first panel shows it, and the VAE's ceiling
+    shown = np.asarray(side)[:, :64].astype(np.float64)
+    expected = 10 * np.log10(255.0**2 / ((shown - recon.astype(np.float64)) ** 2).mean())
+    assert params["reconstruction_psnr"] == pytest.approx(expected, abs=0.01)
+    assert 0 < params["vae_round_trip_psnr"] < 100
+    assert f"reconstruction: {params['reconstruction_psnr']:.2f} dB PSNR" in err
 
 
 def test_invert_then_edit_reuses_the_inversion(tiny_models, photo, tmp_path, capsys):

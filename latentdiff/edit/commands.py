@@ -206,6 +206,10 @@ def cmd_edit(args) -> int:
     params = dict(inversion.settings, target_prompt=args.target_prompt, cross_replace=args.cross_replace,
                   self_replace=args.self_replace, reweight=reweight, blend=args.blend, mode=controller.mode,
                   model=str(components.path), seed=args.seed, image=str(args.image) if args.image else None)
+    if image is not None:  # how close the source branch came, next to the ceiling of any latent inversion
+        params.update(_reconstruction_quality(components, image, reconstruction))
+        log.info("reconstruction: %.2f dB PSNR against the input (the VAE round trip allows %.2f dB)",
+                 params["reconstruction_psnr"], params["vae_round_trip_psnr"])
     out = args.output
     save_png(reconstruction, out.with_name(f"{out.stem}-reconstruction.png"), dict(params, output="reconstruction"))
     save_png(edited, out.with_name(f"{out.stem}-edit.png"), dict(params, output="edit"))
@@ -214,3 +218,17 @@ def cmd_edit(args) -> int:
     for path in (out, out.with_name(f"{out.stem}-reconstruction.png"), out.with_name(f"{out.stem}-edit.png")):
         print(path)
     return 0
+
+
+def _reconstruction_quality(components, image, reconstruction) -> dict:
+    """PSNR (dB) of the reconstruction and of the VAE round trip, both against the (resized) input image."""
+    from PIL import Image
+
+    from ..metrics import psnr
+    from ..models import decode_latents, to_uint8
+    from .image_input import encode_image
+
+    with torch.no_grad():
+        round_trip = Image.fromarray(to_uint8(decode_latents(components, encode_image(components, image)))[0])
+    return {"reconstruction_psnr": round(psnr(image, reconstruction), 2),
+            "vae_round_trip_psnr": round(psnr(image, round_trip), 2)}
