@@ -180,7 +180,8 @@ def cmd_eval(args) -> int:
         raise ValueError(f"--seeds {args.seeds} must be at least 1")
     if not 0.0 <= args.guidance_rescale <= 1.0:
         raise ValueError(f"--guidance-rescale {args.guidance_rescale} must be in [0, 1]")
-    results = evaluate(pipe, prompt_set(args.seen, args.heldout, seed=PROMPT_SEED if args.prompt_seed is None else args.prompt_seed), guidances, seeds=args.seeds,
+    prompt_seed = PROMPT_SEED if args.prompt_seed is None else args.prompt_seed
+    results = evaluate(pipe, prompt_set(args.seen, args.heldout, seed=prompt_seed), guidances, seeds=args.seeds,
                        steps=args.steps, out_dir=args.out, progress=not args.quiet,
                        round_trip=lambda images: vae_round_trip(pipe.components, images),
                        guidance_rescale=args.guidance_rescale)

@@ -222,13 +222,10 @@ def cmd_edit(args) -> int:
 
 def _reconstruction_quality(components, image, reconstruction) -> dict:
     """PSNR (dB) of the reconstruction and of the VAE round trip, both against the (resized) input image."""
-    from PIL import Image
-
     from ..metrics import psnr
-    from ..models import decode_latents, to_uint8
-    from .image_input import encode_image
+    from ..models import vae_round_trip
 
     with torch.no_grad():
-        round_trip = Image.fromarray(to_uint8(decode_latents(components, encode_image(components, image)))[0])
+        (round_trip,) = vae_round_trip(components, [image])
     return {"reconstruction_psnr": round(psnr(image, reconstruction), 2),
             "vae_round_trip_psnr": round(psnr(image, round_trip), 2)}

@@ -211,14 +211,11 @@ def null_text_optimization(components: Components, pivot: torch.Tensor, cond: to
         target = pivot[N - i - 1 : N - i]  # z*_{t-1}
         phi = phi.detach().clone().requires_grad_(True)  # a new leaf: Adam updates it in place
         out_cond = None  # 1. independent of ∅: once per step, in one batch with the first evaluation of ∅
-        if not settings.inner_steps:
-            with torch.no_grad():
-                out_cond = model(z, t, cond)
         optimizer = torch.optim.Adam([phi], lr=settings.lr * (1.0 - i * settings.lr_decay))
         threshold = settings.epsilon + i * settings.epsilon_growth
         best = None  # (loss, ∅, output) of the best ∅ evaluated (stop_before_update)
         for j in range(settings.inner_steps):  # 2. the unconditional branch, with grad wrt ∅
-            if out_cond is None:
+            if j == 0:
                 out_cond, out = model(torch.cat([z, z]), t, torch.cat([cond, phi])).chunk(2)
                 out_cond = out_cond.detach()
             else:
@@ -236,6 +233,7 @@ def null_text_optimization(components: Components, pivot: torch.Tensor, cond: to
                 break
         phi, out_uncond = (phi.detach(), None) if best is None else best[1:]
         with torch.no_grad():  # 3. advance z̄ with the fitted ∅_i
+            out_cond = model(z, t, cond) if out_cond is None else out_cond  # inner_steps = 0
             out_uncond = model(z, t, phi) if out_uncond is None else out_uncond
             z = _guided_step(schedule, z, out_uncond, out_cond, guidance, a, a_next)
         fitted.append(phi)
