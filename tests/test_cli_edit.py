@@ -67,6 +67,31 @@ def test_invert_then_edit_reuses_the_inversion(tiny_models, photo, tmp_path, cap
     assert code == 2 and "another model" in err and len(err.strip().splitlines()) == 1
 
 
+def test_the_default_method_is_ddpm_and_its_seed_travels_with_the_inversion(tiny_models, photo, tmp_path, capsys):
+    model = tiny_models[("epsilon", 8)]
+    inv = tmp_path / "inv.safetensors"
+    assert run(capsys, "invert", "--image", photo, "--source-prompt", "a red circle", "--model", model,
+               "--steps", "4", "--seed", "3", "-o", inv)[0] == 0
+    fresh = run(capsys, "edit", "--image", photo, "--source-prompt", "a red circle", "--target-prompt",
+                "a blue circle", "--model", model, "--steps", "4", "--seed", "3", "-o", tmp_path / "a.png")
+    reused = run(capsys, "edit", "--inversion", inv, "--target-prompt", "a blue circle", "--model", model,
+                 "-o", tmp_path / "b.png")
+    other = run(capsys, "edit", "--image", photo, "--source-prompt", "a red circle", "--target-prompt",
+                "a blue circle", "--model", model, "--steps", "4", "-o", tmp_path / "c.png")
+    assert fresh[0] == reused[0] == other[0] == 0, reused[2]
+    a, b, c = (read_params(tmp_path / f"{name}-edit.png") for name in "abc")
+    assert a["method"] == b["method"] == "ddpm" and a["seed"] == b["seed"] == 3 and c["seed"] == 0
+    assert a["guidance"] == 1.0 and a["edit_guidance"] == 3.75  # noise solved at 1; edits at half the model's 7.5
+    edit = {name: np.asarray(Image.open(tmp_path / f"{name}-edit.png")) for name in "abc"}
+    assert np.array_equal(edit["a"], edit["b"]) and not np.array_equal(edit["a"], edit["c"])
+    # the reconstruction is exact: the VAE round trip's PSNR
+    assert a["reconstruction_psnr"] == a["vae_round_trip_psnr"]
+    # invert has no edit to take ddpm's (edit) guidance
+    code, _, err = run(capsys, "invert", "--image", photo, "--source-prompt", "a red circle", "--model", model,
+                       "--guidance", "3", "-o", tmp_path / "x.safetensors")
+    assert code == 2 and "--guidance is ddpm's edit guidance" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--image", "NOPE", "--source-prompt", "a red circle"], "NOPE"),
     (["--image", "PHOTO", "--source-prompt", "a red circle", "--steps", "0"], "steps=0"),
@@ -75,6 +100,8 @@ def test_invert_then_edit_reuses_the_inversion(tiny_models, photo, tmp_path, cap
     (["--image", "PHOTO", "--source-prompt", "a red circle", "--reweight", "red"], "must look like WORD=FACTOR"),
     (["--image", "PHOTO", "--source-prompt", "a red circle", "--dtype", "fp16"], "run in fp32"),
     (["--image", "PHOTO", "--source-prompt", "a red circle", "--fixed-point-iters", "-1"], "must be 0 or more"),
+    (["--image", "PHOTO", "--source-prompt", "a red circle", "--method", "nti", "--source-guidance", "2"],
+     "--source-guidance applies to --method ddpm"),
 ])
 def test_edit_mistakes(extra, message, tiny_models, photo, tmp_path, capsys):
     (tmp_path / "NOPE").write_bytes(b"not an image")
@@ -92,13 +119,14 @@ def test_eval_edit_reports_every_method_against_the_vae_ceiling(tiny_models, tmp
     import json
 
     code, out, err = run(capsys, "eval-edit", "--model", tiny_models[("epsilon", 8)], "--images", "1", "--steps",
-                         "3", "--methods", "ddim", "direct", "--out", tmp_path)
+                         "3", "--methods", "ddim", "direct", "ddpm", "--out", tmp_path)
     assert code == 0, err
     summary = json.loads((tmp_path / "edit_metrics.json").read_text())
-    assert set(summary) == {"vae", "ddim", "direct"}
-    # direct inversion's source branch follows the pivot back to the image latent: the VAE round trip, up to
-    # float rounding (the reconstruction is the source half of the batched edit, not a batch of its own)
+    assert set(summary) == {"vae", "ddim", "direct", "ddpm"}
+    # direct's and ddpm's source branches follow their trajectories back to the image latent: the VAE round
+    # trip, up to float rounding (the reconstruction is the source half of the batched edit, not a batch of its own)
     assert summary["direct"]["psnr"] == pytest.approx(summary["vae"]["psnr"], abs=1e-3)
+    assert summary["ddpm"]["psnr"] == pytest.approx(summary["vae"]["psnr"], abs=1e-3)
     assert "| VAE round trip (ceiling) |" in out and (tmp_path / "edits.png").is_file()
     for row in summary.values():  # "both": the target color read and the mask kept, on the same image
         assert row["both_ok"] <= min(row["color_ok"], row["iou_ok"])

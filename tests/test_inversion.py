@@ -13,8 +13,8 @@ from diffusers import DDIMInverseScheduler
 from PIL import Image
 
 from latentdiff.edit.image_input import default_edit_size, encode_image, load_edit_image
-from latentdiff.edit.inversion import (FIXED_POINT_ITERS, NTI_FAST, NTI_REFERENCE, Inversion, NTISettings, invert,
-                                       pivot_trajectory, reconstruct, sample_edit)
+from latentdiff.edit.inversion import (FIXED_POINT_ITERS, NTI_FAST, NTI_REFERENCE, Inversion, NTISettings,
+                                       edit_guidance, invert, pivot_trajectory, reconstruct, sample_edit)
 from latentdiff.models import decode_latents, encode_images, encode_prompts, load_components, scale_latents
 from latentdiff.sampling import ddim_invert
 
@@ -56,7 +56,7 @@ def z0():
 @pytest.fixture(scope="module")
 def inversions(conditioned, z0):
     runs = {"ddim": None, "npi": None, "direct": None, "nti": NTI_TINY, "nti-fast": NTI_FAST,
-            "nti-reference": NTI_REFERENCE}
+            "nti-reference": NTI_REFERENCE, "ddpm": None}
     return {name: invert(conditioned, z0, PROMPT, method=name.split("-")[0], steps=STEPS, guidance=GUIDANCE,
                          preset=preset) for name, preset in runs.items()}
 
@@ -102,7 +102,7 @@ def test_methods_reconstruct_better_than_ddim_at_high_guidance(conditioned, z0, 
     # pivot exactly
     assert mse["nti"] < mse["ddim"] / 30
     assert mse["npi"] < 1e-5
-    assert mse["direct"] < 1e-12
+    assert mse["direct"] < 1e-12 and mse["ddpm"] < 1e-12
     for name in ("nti-fast", "nti-reference"):  # the paper's rate is slow on this model, but it must help
         assert mse[name] < 0.75 * mse["ddim"], name
     # in pixels: against the VAE's own round trip of the input latents
@@ -120,10 +120,10 @@ def test_skipping_the_null_text_optimization_is_ddim(conditioned, z0, inversions
     assert torch.equal(reconstruct(conditioned, skipped), reconstruct(conditioned, inversions["ddim"]))
 
 
-@pytest.mark.parametrize("method", ["ddim", "nti", "npi"])
+@pytest.mark.parametrize("method", ["ddim", "nti", "npi", "ddpm"])
 def test_same_prompt_edit_is_the_reconstruction_in_both_branches(conditioned, inversions, method):
     inv = inversions[method]
-    both = sample_edit(conditioned, inv, PROMPT)
+    both = sample_edit(conditioned, inv, PROMPT, guidance=inv.guidance)  # ddpm's edits default to another scale
     alone = reconstruct(conditioned, inv)
     assert both.shape == (2, 4, 8, 8)
     assert rel_err(both[0], alone[0]) < 1e-4 and rel_err(both[1], alone[0]) < 1e-4
@@ -180,7 +180,7 @@ def test_controller_hooks_and_edit_guidance(conditioned, inversions):
 # --- the inversion file ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["nti-fast", "direct", "npi"])
+@pytest.mark.parametrize("method", ["nti-fast", "direct", "npi", "ddpm"])
 def test_save_load_round_trip_reproduces_the_edit(conditioned, inversions, tmp_path, method):
     inv = inversions[method]
     path = inv.save(tmp_path / "cat.inversion")
@@ -418,3 +418,60 @@ def test_null_text_optimization_is_the_papers_algorithm(conditioned, z0):
     other = _nti_separately(conditioned, pivot, cond, null, STEPS, GUIDANCE, NTISettings(inner_steps=3, lr=0.0505))
     assert rel_err(ours, expected) < 1e-4 < rel_err(other, expected) / 100, (rel_err(ours, expected),
                                                                             rel_err(other, expected))
+
+
+# --- edit-friendly DDPM inversion -----------------------------------------------------------------
+
+
+def test_ddpm_draws_each_noisy_latent_on_its_own_and_solves_each_steps_noise(conditioned, z0, inversions):
+    """Huberman-Spiegelglas et al. 2023, Algorithm 1, against diffusers' DDIMScheduler at η = 1."""
+    from diffusers import DDIMScheduler
+
+    c, inv = conditioned, inversions["ddpm"]
+    assert inv.seed == 0 and inv.fixed_point_iters == 0 and inv.pivot.shape == (STEPS + 1, 4, 8, 8)
+    assert inv.noise.shape == (STEPS, 4, 8, 8) and torch.equal(inv.x_T, inv.pivot[-1:])
+    scheduler = DDIMScheduler.from_config(c.scheduler_config)
+    scheduler.set_timesteps(STEPS)
+    # 1. x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε_t with the ε_t drawn at once from the seed, noisiest first
+    eps = torch.randn((STEPS, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    for i, t in enumerate(scheduler.timesteps):
+        a = float(scheduler.alphas_cumprod[t])
+        assert rel_err(inv.pivot[STEPS - i], a**0.5 * z0[0] + (1 - a) ** 0.5 * eps[i]) < 1e-6, i
+    assert torch.equal(inv.pivot[0], z0[0])
+    # 2. diffusers' guided ancestral DDIM step (η = 1) from x_t plus the stored noise lands on x_{t−1}
+    cond, null = encode_prompts(c, [PROMPT]), encode_prompts(c, [""])
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            x = inv.pivot[STEPS - i : STEPS - i + 1]
+            u, k = c.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([null, cond])).sample.chunk(2)
+            mean = scheduler.step(u + GUIDANCE * (k - u), t, x, eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
+            assert rel_err(mean + inv.noise[i], inv.pivot[STEPS - i - 1]) < 1e-5, i
+            std = float(scheduler._get_variance(t, t - 1000 // STEPS)) ** 0.5 if i < STEPS - 1 else 0.0
+            assert std == 0 or float(inv.noise[i].std()) > 0.3 * std  # the noise is of the step's own size
+
+
+def test_ddpm_edits_keep_the_noise_and_depend_on_the_seed(conditioned, z0, inversions):
+    c, inv = conditioned, inversions["ddpm"]
+    recorder = Recorder()
+    out = sample_edit(c, inv, TARGET, controller=recorder)
+    for i, latents in enumerate(recorder.latents):  # the source branch is pinned to the trajectory
+        assert torch.equal(latents[0], inv.pivot[STEPS - i - 1]), i
+    assert torch.equal(out[0], z0[0]) and rel_err(out[1], z0[0]) > 1e-3  # another prompt, another image
+    same = invert(c, z0, PROMPT, method="ddpm", steps=STEPS, guidance=GUIDANCE, seed=0)
+    other = invert(c, z0, PROMPT, method="ddpm", steps=STEPS, guidance=GUIDANCE, seed=1)
+    assert torch.equal(same.noise, inv.noise) and rel_err(other.x_T, inv.x_T) > 0.1
+    # with the source prompt any seed gives the image back in the (unpinned) edited branch
+    assert rel_err(sample_edit(c, other, PROMPT, guidance=GUIDANCE)[1], z0[0]) < 1e-4
+    # by default the noise is solved at guidance 1 and edits take half the model's (7.5: the tiny model has no
+    # generation defaults); the other methods edit at the guidance they inverted for
+    default = invert(c, z0, PROMPT, method="ddpm", steps=2)
+    assert default.guidance == 1.0 and edit_guidance(c, default) == 3.75 and edit_guidance(c, default, 2) == 2.0
+    assert edit_guidance(c, inversions["nti"]) == GUIDANCE
+
+
+def test_ddpm_file_without_its_noise_is_refused(inversions, tmp_path):
+    from dataclasses import replace
+
+    path = replace(inversions["ddpm"], noise=None).save(tmp_path / "x.inversion")
+    with pytest.raises(ValueError, match="inconsistent"):
+        Inversion.load(path)

@@ -46,12 +46,14 @@ def add_parsers(sub, add_model_args) -> None:
                                     "how often a color word swap is read by the analyzer with the mask kept.")
     add_model_args(ev)
     ev.add_argument("--images", type=int, default=8, help="number of images (default 8)")
-    ev.add_argument("--methods", nargs="+", default=["ddim", "npi", "direct", "nti"],
-                    choices=["ddim", "npi", "direct", "nti"])
+    ev.add_argument("--methods", nargs="+", default=["ddim", "npi", "direct", "nti", "ddpm"],
+                    choices=["ddim", "npi", "direct", "nti", "ddpm"])
     ev.add_argument("--preset", choices=PRESETS, default="fast", help="null-text settings (default fast)")
     _fixed_point_arg(ev)
     ev.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
-    ev.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    ev.add_argument("--guidance", type=float, help="guidance scale (default: the model's; for ddpm's edits half "
+                    "of it, its noise solved at 1)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of ddpm's noisy latents (default 0)")
     ev.add_argument("--cross-replace", type=float, default=0.8, help="word swap: fraction of steps with the "
                     "source's cross-attention maps (default 0.8)")
     ev.add_argument("--self-replace", type=float, default=0.4, help="word swap: fraction of steps with the "
@@ -74,7 +76,8 @@ def cmd_eval_edit(args) -> int:
     summary = evaluate_editing(components, args.images, args.methods, steps=args.steps, guidance=args.guidance,
                                preset=NTI_REFERENCE if args.preset == "reference" else NTI_FAST,
                                fixed_point_iters=args.fixed_point_iters, cross_replace=args.cross_replace,
-                               self_replace=args.self_replace, out_dir=args.out, progress=not args.quiet)
+                               self_replace=args.self_replace, seed=args.seed, out_dir=args.out,
+                               progress=not args.quiet)
     print(table(summary))
     print(f"images and JSON in {args.out}/")
     return 0
@@ -83,16 +86,20 @@ def cmd_eval_edit(args) -> int:
 def _image_args(p: argparse.ArgumentParser, add_model_args) -> None:
     p.add_argument("--image", type=Path, required=False, help="the image to edit (any size and mode)")
     p.add_argument("--source-prompt", help="what the image shows")
-    p.add_argument("--method", choices=["direct", "nti", "npi", "ddim"], default="direct",
-                   help="inversion: direct (default: exact reconstruction, the best word swaps in eval-edit), "
-                        "null-text, negative-prompt, or plain DDIM")
+    p.add_argument("--method", choices=["ddpm", "direct", "nti", "npi", "ddim"], default="ddpm",
+                   help="inversion: ddpm (default: edit-friendly DDPM noise; exact reconstruction, the best word "
+                        "swaps in eval-edit), direct, null-text, negative-prompt, or plain DDIM")
     p.add_argument("--preset", choices=PRESETS, default="fast",
                    help="null-text settings: fast (default) or reference (the paper's)")
     _fixed_point_arg(p)
     add_model_args(p)
     p.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
-    p.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
-    p.add_argument("--seed", type=int, default=0, help="recorded for reproducibility (DDIM η=0 is deterministic)")
+    p.add_argument("--guidance", type=float, help="guidance scale (default: the model's; for ddpm's edits half "
+                   "of it)")
+    p.add_argument("--source-guidance", type=float, help="ddpm: the guidance its noise is solved at (default 1); "
+                   "the other methods invert for --guidance")
+    p.add_argument("--seed", type=int, default=0, help="seed of ddpm's noisy latents (the other methods are "
+                   "deterministic)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
 
@@ -127,14 +134,20 @@ def _invert(args, components):
     if args.image is None or args.source_prompt is None:
         raise ValueError("pass --image PATH and --source-prompt TEXT (or --inversion FILE for edit)")
     _check_fixed_point(args)
+    if args.source_guidance is not None and args.method != "ddpm":
+        raise ValueError(f"--source-guidance applies to --method ddpm; --method {args.method} inverts for --guidance")
+    if args.method == "ddpm" and args.guidance is not None and not hasattr(args, "target_prompt"):
+        raise ValueError("--guidance is ddpm's edit guidance: pass it to `latentdiff edit --inversion FILE` "
+                         "(--source-guidance sets the guidance its noise is solved at)")
     image, notes = load_edit_image(args.image, default_edit_size(components), multiple_of=components.vae_scale_factor)
     for note in notes:
         log.info("%s: %s", args.image, note)
     start = time.perf_counter()
+    guidance = args.source_guidance if args.method == "ddpm" else args.guidance
     inversion = invert(components, encode_image(components, image), args.source_prompt, method=args.method,
-                       steps=args.steps, guidance=args.guidance,
+                       steps=args.steps, guidance=guidance,
                        preset=NTI_REFERENCE if args.preset == "reference" else NTI_FAST,
-                       fixed_point_iters=args.fixed_point_iters, progress=not args.quiet)
+                       fixed_point_iters=args.fixed_point_iters, seed=args.seed, progress=not args.quiet)
     log.info("inverted with %s in %.1f s", args.method, time.perf_counter() - start)
     return image, inversion
 
@@ -170,7 +183,7 @@ def cmd_edit(args) -> int:
     from PIL import Image
 
     from ..pipeline import GenerationConfig
-    from .inversion import Inversion, sample_edit
+    from .inversion import Inversion, edit_guidance, sample_edit
 
     reweight = parse_reweight(args.reweight)
     if args.output.suffix.lower() != ".png":
@@ -203,9 +216,11 @@ def cmd_edit(args) -> int:
         latents = sample_edit(components, inversion, args.target_prompt, guidance=args.guidance,
                               controller=controller, progress=not args.quiet)
         reconstruction, edited = (Image.fromarray(a) for a in to_uint8(decode_latents(components, latents)))
-    params = dict(inversion.settings, target_prompt=args.target_prompt, cross_replace=args.cross_replace,
+    params = dict(inversion.settings, edit_guidance=edit_guidance(components, inversion, args.guidance),
+                  target_prompt=args.target_prompt, cross_replace=args.cross_replace,
                   self_replace=args.self_replace, reweight=reweight, blend=args.blend, mode=controller.mode,
-                  model=str(components.path), seed=args.seed, image=str(args.image) if args.image else None)
+                  model=str(components.path), seed=args.seed if inversion.seed is None else inversion.seed,
+                  image=str(args.image) if args.image else None)
     if image is not None:  # how close the source branch came, next to the ceiling of any latent inversion
         params.update(_reconstruction_quality(components, image, reconstruction))
         log.info("reconstruction: %.2f dB PSNR against the input (the VAE round trip allows %.2f dB)",

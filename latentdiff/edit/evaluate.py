@@ -71,12 +71,16 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / union) if union else 1.0
 
 
-def evaluate_editing(components: Components, n_images: int = 8, methods: Sequence[str] = ("ddim", "npi", "direct", "nti"),
+def evaluate_editing(components: Components, n_images: int = 8,
+                     methods: Sequence[str] = ("ddim", "npi", "direct", "nti", "ddpm"),
                      steps: int | None = None, guidance: float | None = None, preset: NTISettings = NTI_FAST,
                      fixed_point_iters: int | None = None,
-                     cross_replace: float = 0.8, self_replace: float = 0.4, out_dir: Path | None = None,
+                     cross_replace: float = 0.8, self_replace: float = 0.4, seed: int = 0, out_dir: Path | None = None,
                      progress: bool = False) -> dict:
-    """{'vae': {...}, method: {psnr, ssim, seconds, color_ok, iou_ok}} averaged over the images."""
+    """{'vae': {...}, method: {psnr, ssim, seconds, color_ok, iou_ok}} averaged over the images.
+
+    ``guidance`` (default: the model's) is the scale each method inverts for and edits at, except ``ddpm``'s
+    noise, solved at its own source guidance (1); ``seed`` draws ddpm's noisy latents."""
     from ..shapes.analyze import analyze, object_mask
 
     rng = np.random.default_rng(0)
@@ -97,14 +101,16 @@ def evaluate_editing(components: Components, n_images: int = 8, methods: Sequenc
         row_panels = [image, roundtrip, truth]
         for method in methods:
             start = time.perf_counter()
-            inv = invert(components, latents, caption, method=method, steps=steps, guidance=guidance,
-                         preset=preset, fixed_point_iters=fixed_point_iters, progress=progress)
+            ddpm = method == "ddpm"  # its noise is solved at its own source guidance; ``guidance`` is the edit's
+            inv = invert(components, latents, caption, method=method, steps=steps, guidance=None if ddpm else guidance,
+                         preset=preset, fixed_point_iters=fixed_point_iters, seed=seed, progress=progress)
             rows[method]["seconds"].append(time.perf_counter() - start)
             controller = AttentionController(components.tokenizer, caption, target, inv.steps,
                                              cross_replace=cross_replace, self_replace=self_replace)
             with torch.no_grad(), controller.installed(components.unet):
                 # the source branch is the reconstruction: the controller only ever changes the edited branch
-                recon, edited = _decode(components, sample_edit(components, inv, target, controller=controller))
+                recon, edited = _decode(components, sample_edit(components, inv, target, controller=controller,
+                                                                guidance=guidance if ddpm else None))
             rows[method]["psnr"].append(psnr(image, recon))
             rows[method]["ssim"].append(ssim(image, recon))
             rows[method]["color_ok"].append(analyze(edited)["color"] == target_color)
