@@ -53,6 +53,7 @@ def add_parsers(sub, add_model_args) -> None:
     ev.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
     ev.add_argument("--guidance", type=float, help="guidance scale (default: the model's; for ddpm's edits half "
                     "of it, its noise solved at 1)")
+    ev.add_argument("--source-guidance", type=float, help="guidance ddpm's noise is solved at (default 1)")
     ev.add_argument("--seed", type=int, default=0, help="seed of ddpm's noisy latents (default 0)")
     ev.add_argument("--cross-replace", type=float, default=0.8, help="word swap: fraction of steps with the "
                     "source's cross-attention maps (default 0.8)")
@@ -76,7 +77,8 @@ def cmd_eval_edit(args) -> int:
     summary = evaluate_editing(components, args.images, args.methods, steps=args.steps, guidance=args.guidance,
                                preset=NTI_REFERENCE if args.preset == "reference" else NTI_FAST,
                                fixed_point_iters=args.fixed_point_iters, cross_replace=args.cross_replace,
-                               self_replace=args.self_replace, seed=args.seed, out_dir=args.out,
+                               self_replace=args.self_replace, seed=args.seed,
+                               source_guidance=args.source_guidance, out_dir=args.out,
                                progress=not args.quiet)
     print(table(summary))
     print(f"images and JSON in {args.out}/")

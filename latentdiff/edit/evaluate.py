@@ -75,12 +75,13 @@ def evaluate_editing(components: Components, n_images: int = 8,
                      methods: Sequence[str] = ("ddim", "npi", "direct", "nti", "ddpm"),
                      steps: int | None = None, guidance: float | None = None, preset: NTISettings = NTI_FAST,
                      fixed_point_iters: int | None = None,
-                     cross_replace: float = 0.8, self_replace: float = 0.4, seed: int = 0, out_dir: Path | None = None,
+                     cross_replace: float = 0.8, self_replace: float = 0.4, seed: int = 0,
+                     source_guidance: float | None = None, out_dir: Path | None = None,
                      progress: bool = False) -> dict:
     """{'vae': {...}, method: {psnr, ssim, seconds, color_ok, iou_ok}} averaged over the images.
 
     ``guidance`` (default: the model's) is the scale each method inverts for and edits at, except ``ddpm``'s
-    noise, solved at its own source guidance (1); ``seed`` draws ddpm's noisy latents."""
+    noise, solved at ``source_guidance`` (default 1); ``seed`` draws ddpm's noisy latents."""
     from ..shapes.analyze import analyze, object_mask
 
     rng = np.random.default_rng(0)
@@ -102,7 +103,8 @@ def evaluate_editing(components: Components, n_images: int = 8,
         for method in methods:
             start = time.perf_counter()
             ddpm = method == "ddpm"  # its noise is solved at its own source guidance; ``guidance`` is the edit's
-            inv = invert(components, latents, caption, method=method, steps=steps, guidance=None if ddpm else guidance,
+            inv = invert(components, latents, caption, method=method, steps=steps,
+                         guidance=source_guidance if ddpm else guidance,
                          preset=preset, fixed_point_iters=fixed_point_iters, seed=seed, progress=progress)
             rows[method]["seconds"].append(time.perf_counter() - start)
             controller = AttentionController(components.tokenizer, caption, target, inv.steps,

@@ -213,7 +213,8 @@ def pivot_trajectory(components: Components, z0: torch.Tensor, cond: torch.Tenso
 
 @torch.no_grad()
 def edit_friendly_noise(components: Components, z0: torch.Tensor, cond: torch.Tensor, null: torch.Tensor, steps: int,
-                        guidance: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                        guidance: float, generator: torch.Generator,
+                        progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2023, Algorithm 1) of (1, C, h, w) ``z0``.
 
     Returns the trajectory (N+1, C, h, w) x_0 = z0, x_1 … x_N, each x drawn on its own from q(x_t | x_0), and
@@ -226,7 +227,7 @@ def edit_friendly_noise(components: Components, z0: torch.Tensor, cond: torch.Te
     eps = torch.randn((len(plan), *z0.shape[1:]), generator=generator, dtype=torch.float32).to(device)
     xs = [math.sqrt(a) * z0 + math.sqrt(1 - a) * eps[i : i + 1] for i, t, a, _ in plan] + [z0]  # noisiest first
     noise = []
-    for i, t, a, a_next in plan:
+    for i, t, a, a_next in tqdm(plan, disable=not progress, desc="edit-friendly DDPM inversion"):
         out_uncond, out_cond = model(torch.cat([xs[i], xs[i]]), t, torch.cat([null, cond])).chunk(2)
         mean = _guided_step(schedule, xs[i], out_uncond, out_cond, guidance, a, a_next, ddim_sigma(a, a_next, 1.0))
         noise.append(xs[i + 1] - mean)
@@ -322,7 +323,7 @@ def invert(components: Components, image_latents: torch.Tensor, source_prompt: s
         cond, null = _embed(components, [source_prompt]), _embed(components, [NULL_PROMPT])
         if method == "ddpm":
             generator = torch.Generator().manual_seed(seed)
-            pivot, noise = edit_friendly_noise(components, z0, cond, null, steps, guidance, generator)
+            pivot, noise = edit_friendly_noise(components, z0, cond, null, steps, guidance, generator, progress)
             refined = 0
         else:
             with torch.no_grad():
