@@ -81,7 +81,7 @@ def test_the_default_method_is_ddpm_and_its_seed_travels_with_the_inversion(tiny
     assert fresh[0] == reused[0] == other[0] == 0, reused[2]
     a, b, c = (read_params(tmp_path / f"{name}-edit.png") for name in "abc")
     assert a["method"] == b["method"] == "ddpm" and a["seed"] == b["seed"] == 3 and c["seed"] == 0
-    assert a["guidance"] == 1.0 and a["edit_guidance"] == 3.75  # noise solved at 1; edits at half the model's 7.5
+    assert a["skip"] == 0 and a["guidance"] == 1.0 and a["edit_guidance"] == 3.75  # noise solved at 1; edits at half the model's 7.5
     edit = {name: np.asarray(Image.open(tmp_path / f"{name}-edit.png")) for name in "abc"}
     assert np.array_equal(edit["a"], edit["b"]) and not np.array_equal(edit["a"], edit["c"])
     # the reconstruction is exact: the VAE round trip's PSNR
@@ -102,6 +102,9 @@ def test_the_default_method_is_ddpm_and_its_seed_travels_with_the_inversion(tiny
     (["--image", "PHOTO", "--source-prompt", "a red circle", "--fixed-point-iters", "-1"], "must be 0 or more"),
     (["--image", "PHOTO", "--source-prompt", "a red circle", "--method", "nti", "--source-guidance", "2"],
      "--source-guidance applies to --method ddpm"),
+    (["--image", "PHOTO", "--source-prompt", "a red circle", "--method", "direct", "--skip", "0.3"],
+     "--skip needs the noisy latents of a ddpm inversion"),
+    (["--image", "PHOTO", "--source-prompt", "a red circle", "--skip", "1"], "--skip 1.0 must be a fraction"),
 ])
 def test_edit_mistakes(extra, message, tiny_models, photo, tmp_path, capsys):
     (tmp_path / "NOPE").write_bytes(b"not an image")

@@ -475,3 +475,33 @@ def test_ddpm_file_without_its_noise_is_refused(inversions, tmp_path):
     path = replace(inversions["ddpm"], noise=None).save(tmp_path / "x.inversion")
     with pytest.raises(ValueError, match="inconsistent"):
         Inversion.load(path)
+
+
+def test_ddpm_edits_can_skip_the_first_steps(conditioned, z0, inversions):
+    c, inv = conditioned, inversions["ddpm"]
+    recorder = Recorder()
+    skipped = sample_edit(c, inv, TARGET, controller=recorder, skip=0.3, guidance=GUIDANCE)
+    assert recorder.begun == list(range(3, STEPS))  # ⌊0.3·10⌋ steps skipped, from the trajectory's z*_7
+    assert torch.equal(skipped[0], z0[0])
+    full = sample_edit(c, inv, TARGET, guidance=GUIDANCE)
+    assert rel_err(skipped[1], z0[0]) < rel_err(full[1], z0[0])  # skipping weakens the edit
+    assert rel_err(sample_edit(c, inv, PROMPT, skip=0.5, guidance=GUIDANCE)[1], z0[0]) < 1e-4
+    for method, skip, message in (("nti", 0.3, "needs the noisy latents of a ddpm inversion"),
+                                  ("ddpm", 1.0, r"must be a fraction of the steps in \[0, 1\)")):
+        with pytest.raises(ValueError, match=message):
+            sample_edit(c, inversions[method], TARGET, skip=skip)
+
+
+def test_a_controller_restarts_when_an_edit_skips_steps(tiny_models):
+    from latentdiff.edit.attention import AttentionController
+
+    c = load_components(tiny_models[("epsilon", 8)], device="cpu")
+    controller = AttentionController(c.tokenizer, PROMPT, TARGET, STEPS, blend_words=["square"])
+    controller._maps = {4: torch.ones(2, 4)}
+    controller.begin_step(3)
+    assert controller._maps == {}  # the first step of a run
+    controller._maps = {4: torch.ones(2, 4)}
+    controller.begin_step(4)
+    assert 4 in controller._maps  # the run goes on
+    controller.begin_step(3)
+    assert controller._maps == {}  # a new run

@@ -123,10 +123,11 @@ class AttentionController:
     # --- hooks the sampler calls ------------------------------------------------------------------
 
     def begin_step(self, i: int) -> None:
-        """Call before the UNet call of sampling step i (0 = noisiest); step 0 starts a new run."""
+        """Call before the UNet call of sampling step i (0 = noisiest); a step that does not follow the previous
+        one (step 0, or the first of an edit that skips steps) starts a new run."""
         if not 0 <= i < self.num_steps:
             raise ValueError(f"step {i} is outside the {self.num_steps} steps this controller was built for")
-        if i == 0:
+        if self.step is None or i <= self.step:
             self._maps = {}
         self.step = i
 

@@ -35,6 +35,9 @@ def add_parsers(sub, add_model_args) -> None:
                       help="scale the attention to words of the target prompt, e.g. red=2")
     edit.add_argument("--blend", nargs="+", default=[], metavar="WORD",
                       help="local blending: change only where these words attend")
+    edit.add_argument("--skip", type=float, default=0.0, metavar="FRACTION",
+                      help="ddpm: start the edit this fraction of the steps in, from the image's noisy latent "
+                           "there (weaker edits; default 0)")
     edit.add_argument("--mode", choices=["auto", "replace", "refine"], default="auto",
                       help="word swap (same token count) or refinement (added words); auto picks")
     edit.add_argument("--output", "-o", type=Path, default=Path("outputs/edit.png"))
@@ -185,7 +188,7 @@ def cmd_edit(args) -> int:
     from PIL import Image
 
     from ..pipeline import GenerationConfig
-    from .inversion import Inversion, edit_guidance, sample_edit
+    from .inversion import Inversion, check_skip, edit_guidance, sample_edit
 
     reweight = parse_reweight(args.reweight)
     if args.output.suffix.lower() != ".png":
@@ -199,6 +202,7 @@ def cmd_edit(args) -> int:
         if args.source_prompt and args.source_prompt != inversion.source_prompt:
             raise ValueError(f"--source-prompt differs from the inversion's ({inversion.source_prompt!r}); "
                              "drop it or invert again")
+    check_skip(inversion.method if inversion is not None else args.method, args.skip)
     source = inversion.source_prompt if inversion is not None else args.source_prompt
     if inversion is not None:
         steps = inversion.steps
@@ -216,10 +220,10 @@ def cmd_edit(args) -> int:
         image = load_edit_image(args.image, inversion.size, multiple_of=components.vae_scale_factor)[0]
     with torch.no_grad(), controller.installed(components.unet):
         latents = sample_edit(components, inversion, args.target_prompt, guidance=args.guidance,
-                              controller=controller, progress=not args.quiet)
+                              controller=controller, progress=not args.quiet, skip=args.skip)
         reconstruction, edited = (Image.fromarray(a) for a in to_uint8(decode_latents(components, latents)))
     params = dict(inversion.settings, edit_guidance=edit_guidance(components, inversion, args.guidance),
-                  target_prompt=args.target_prompt, cross_replace=args.cross_replace,
+                  skip=args.skip, target_prompt=args.target_prompt, cross_replace=args.cross_replace,
                   self_replace=args.self_replace, reweight=reweight, blend=args.blend, mode=controller.mode,
                   model=str(components.path), seed=args.seed if inversion.seed is None else inversion.seed,
                   image=str(args.image) if args.image else None)

@@ -348,8 +348,9 @@ def invert(components: Components, image_latents: torch.Tensor, source_prompt: s
 
 @torch.no_grad()
 def _sample_branches(components: Components, inv: Inversion, prompts: Sequence[str], scales: Sequence[float],
-                     controller=None, progress: bool = False) -> torch.Tensor:
+                     controller=None, progress: bool = False, skip_steps: int = 0) -> torch.Tensor:
     """Guided DDIM sampling from x_T of branches [source, *others] as one batch; (B, C, h, w) float32.
+    With ``skip_steps`` = k every branch starts at the pivot's latent after k steps and runs the rest.
 
     UNet batch (2B): [uncond_0 … uncond_{B−1}, cond_0 … cond_{B−1}], every branch on its own latent.
     """
@@ -360,9 +361,11 @@ def _sample_branches(components: Components, inv: Inversion, prompts: Sequence[s
     else:
         uncond = _embed(components, [NULL_PROMPT]).expand(n, -1, -1)
     scale = torch.tensor(list(scales), dtype=torch.float32, device=device).view(n, 1, 1, 1)
-    x = inv.x_T.to(device, torch.float32).expand(n, -1, -1, -1).clone()  # (B, C, h, w)
+    k = inv.steps - skip_steps  # the pivot's latent after skip_steps steps: z*_k (z*_N = x_T)
+    start = inv.x_T if not skip_steps else inv.pivot[k : k + 1]
+    x = start.to(device, torch.float32).expand(n, -1, -1, -1).clone()  # (B, C, h, w)
     ancestral = inv.noise is not None  # ddpm: the ancestral step (η = 1) with the inversion's noise
-    for i, t, a, a_next in tqdm(_steps(components, inv.steps), disable=not progress, desc="edit"):
+    for i, t, a, a_next in tqdm(_steps(components, inv.steps)[skip_steps:], disable=not progress, desc="edit"):
         if inv.uncond is not None:  # null-text: ∅_i for every branch (as the official p2p code)
             uncond = inv.uncond[i : i + 1].to(device).expand(n, -1, -1)
         if controller is not None:
@@ -391,7 +394,8 @@ def edit_guidance(components: Components, inversion: Inversion, guidance: Option
 
 
 def sample_edit(components: Components, inversion: Inversion, target_prompt: str, *,
-                guidance: Optional[float] = None, controller=None, progress: bool = False) -> torch.Tensor:
+                guidance: Optional[float] = None, controller=None, progress: bool = False,
+                skip: float = 0.0) -> torch.Tensor:
     """Latents (2, C, h, w) [source (reconstruction), edited] sampled from the inversion as one batch.
 
     The UNet sees a batch of 4, [uncond_src, uncond_tgt, cond_src, cond_tgt] (latents [src, tgt, src, tgt]).
@@ -401,11 +405,27 @@ def sample_edit(components: Components, inversion: Inversion, target_prompt: str
     step on the (2, C, h, w) latents; the caller installs its attention processors.
     With ``target_prompt == source_prompt`` and no controller, both branches equal :func:`reconstruct`,
     except for ``direct``, whose edited branch is not corrected (it is then the ``ddim`` reconstruction);
-    for ``ddpm`` the edited branch, sampled with the inversion's noise, lands on the image too.
+    for ``ddpm`` the edited branch, sampled with the inversion's noise, lands on the image too. ``skip``
+    (``ddpm`` only) starts both branches at its noisy latent after that fraction of the steps: weaker edits.
     """
     target = edit_guidance(components, inversion, guidance)
     return _sample_branches(components, inversion, [inversion.source_prompt, target_prompt],
-                            [inversion.guidance, target], controller, progress)
+                            [inversion.guidance, target], controller, progress, skip_steps(inversion, skip))
+
+
+def check_skip(method: str, skip: float) -> None:
+    """ValueError (one line) unless ``skip`` is a fraction in [0, 1) and, when > 0, ``method`` is ``ddpm``."""
+    if not 0.0 <= skip < 1.0:
+        raise ValueError(f"--skip {skip} must be a fraction of the steps in [0, 1)")
+    if skip and method != "ddpm":
+        raise ValueError(f"--skip needs the noisy latents of a ddpm inversion, not {method!r}; use --method ddpm "
+                         "or drop --skip")
+
+
+def skip_steps(inversion: Inversion, skip: float) -> int:
+    """The first ⌊skip·N⌋ of ``ddpm``'s N steps, which an edit skips (the paper's T_skip; LEDITS++'s ``skip``)."""
+    check_skip(inversion.method, skip)
+    return int(skip * inversion.steps)
 
 
 def reconstruct(components: Components, inversion: Inversion, *, progress: bool = False) -> torch.Tensor:
