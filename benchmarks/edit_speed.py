@@ -5,7 +5,7 @@
 
 Reference = the official prompt-to-prompt notebook's settings (10 Adam steps per timestep, lr 1e-2 with
 its decay, early stop 1e-5, guidance 7.5, 50 steps). Ours = NTI_FAST. Both run on the same images, one
-after the other per image, same threads; npi / direct / ddim timed alongside. ``--candidate`` adds a row
+after the other per image, same threads; npi / direct / ddim / ddpm timed alongside. ``--candidate`` adds a row
 for NTI_FAST with other inner steps and learning rate (for tuning the default). PSNR of the guided
 reconstruction against the input, next to the VAE round trip (the ceiling).
 """
@@ -45,7 +45,7 @@ def main():
     if args.candidate:
         inner, lr = int(args.candidate[0]), args.candidate[1]
         runs[f"nti candidate ({inner} inner, lr {lr:g})"] = ("nti", replace(NTI_FAST, inner_steps=inner, lr=lr))
-    runs.update({"npi": ("npi", None), "direct": ("direct", None), "ddim": ("ddim", None)})
+    runs.update({"npi": ("npi", None), "direct": ("direct", None), "ddim": ("ddim", None), "ddpm": ("ddpm", None)})
     times = {k: [] for k in runs}
     quality = {k: [] for k in runs}
     ceiling = []

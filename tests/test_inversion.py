@@ -379,35 +379,36 @@ def _nti_separately(c, pivot, cond, null, steps, guidance, settings):
     """Mokady et al.'s Algorithm 1 as written, with the conditional pass on its own: what the batched loop must equal."""
     import torch.nn.functional as F
 
-    from latentdiff.edit.inversion import _guided_step, _model, _steps
+    from latentdiff.edit.denoise import float32_model, guided_step, step_plan
 
-    model, N = _model(c), pivot.shape[0] - 1
+    model, N = float32_model(c), pivot.shape[0] - 1
     z, phi, fitted = pivot[-1:], null.clone(), []
-    for i, t, a, a_next in _steps(c, steps):
+    for i, t, a, a_next in step_plan(c, steps):
         target = pivot[N - i - 1 : N - i]
         with torch.no_grad():
             out_cond = model(z, t, cond)
         phi = phi.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([phi], lr=settings.lr * (1.0 - i * settings.lr_decay))
         for _ in range(settings.inner_steps):
-            loss = F.mse_loss(_guided_step(c.schedule, z, model(z, t, phi), out_cond, guidance, a, a_next), target)
+            loss = F.mse_loss(guided_step(c.schedule, z, model(z, t, phi), out_cond, guidance, a, a_next), target)
             (phi.grad,) = torch.autograd.grad(loss, [phi])
             optimizer.step()
             if loss.item() < settings.epsilon + i * settings.epsilon_growth:
                 break
         with torch.no_grad():
             phi = phi.detach()
-            z = _guided_step(c.schedule, z, model(z, t, phi), out_cond, guidance, a, a_next)
+            z = guided_step(c.schedule, z, model(z, t, phi), out_cond, guidance, a, a_next)
         fitted.append(phi)
     return torch.cat(fitted)
 
 
 def test_null_text_optimization_is_the_papers_algorithm(conditioned, z0):
-    from latentdiff.edit.inversion import _embed, null_text_optimization
+    from latentdiff.edit.denoise import embed
+    from latentdiff.edit.null_text import null_text_optimization
 
     settings = NTISettings(inner_steps=3, lr=0.05)
     with torch.no_grad():
-        cond, null = _embed(conditioned, [PROMPT]), _embed(conditioned, [""])
+        cond, null = embed(conditioned, [PROMPT]), embed(conditioned, [""])
         pivot, _ = pivot_trajectory(conditioned, z0, cond, STEPS)
     ours, iterations = null_text_optimization(conditioned, pivot, cond, null, STEPS, GUIDANCE, settings)
     expected = _nti_separately(conditioned, pivot, cond, null, STEPS, GUIDANCE, settings)

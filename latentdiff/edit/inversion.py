@@ -6,8 +6,8 @@ Every method starts from DDIM inversion at guidance 1 with the source prompt —
 keep it on:
 
 - ``ddim``    no correction: the baseline, which breaks at guidance 7.5 (Mokady et al. 2022, §3).
-- ``nti``     null-text inversion (Mokady et al. 2022, Algorithm 1): per step i, Adam optimizes the
-              unconditional embedding ∅_i so that the guided step from z̄_i lands on z*_{i−1}.
+- ``nti``     null-text inversion (Mokady et al. 2022, Algorithm 1; :mod:`.null_text`): per step i, Adam
+              optimizes the unconditional embedding ∅_i so that the guided step from z̄_i lands on z*_{i−1}.
 - ``npi``     negative-prompt inversion (Miyake et al. 2023, eq. 9): the source prompt's embedding
               stands in for ∅ at every step; no optimization.
 - ``direct``  direct inversion (Ju et al. 2023, "PnP Inversion", Algorithm 1): after each guided step
@@ -47,55 +47,22 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..guidance import CFGDenoiser, UNetModel
-from ..models import Components, encode_prompts
+from ..guidance import CFGDenoiser
+from ..models import Components
 from ..pipeline import GenerationConfig
-from ..sampling import ddim_invert, ddim_sigma, ddim_step
-from ..schedule import Schedule
+from ..sampling import ddim_invert, ddim_sigma
+from .denoise import NULL_PROMPT, embed, float32_model, guided_step, step_plan
 from .inversion_file import check_same_model, model_fingerprint, read_inversion, write_inversion
+from .null_text import NTI_FAST, NTI_REFERENCE, NTISettings, null_text_optimization
 
 METHODS = ("ddim", "nti", "npi", "direct", "ddpm")
 DDPM_SOURCE_GUIDANCE = 1.0  # ddpm: the guidance its noise is solved at
 DDPM_EDIT_GUIDANCE_FRACTION = 0.5  # ddpm: the edit's default guidance, as a fraction of the model's (at least 1)
 FIXED_POINT_ITERS = 3  # default refinement per inversion step (stops early; ~1 UNet pass per step in all)
-NULL_PROMPT = ""  # the "null text" of classifier-free guidance
 
 
-@dataclass(frozen=True)
-class NTISettings:
-    """Null-text optimization. At step i (0 = most noisy) Adam runs with lr·(1 − i·lr_decay) for at most
-    ``inner_steps`` iterations and stops once the latent MSE < epsilon + i·epsilon_growth — the schedule of
-    the official prompt-to-prompt ``null_text_w_ptp`` notebook, which evaluates the loss, updates ∅, then
-    tests the loss, and advances z̄ with one more UNet pass. With ``stop_before_update`` the loss is tested
-    *before* the update, and the last evaluation is never followed by an update: ``inner_steps`` UNet
-    passes with grad make at most ``inner_steps − 1`` updates, and the ∅ kept is the best one evaluated,
-    whose output advances z̄ (no backward and no UNet pass spent on an update that is not evaluated)."""
-
-    inner_steps: int = 10
-    lr: float = 1e-2
-    lr_decay: float = 1e-2
-    epsilon: float = 1e-5
-    epsilon_growth: float = 2e-5
-    stop_before_update: bool = False
-
-    def check(self, steps: int) -> None:
-        if self.inner_steps < 0 or self.lr <= 0:
-            raise ValueError(f"null-text settings inner_steps={self.inner_steps}, lr={self.lr} must be >= 0 and > 0")
-        if self.inner_steps and self.lr_decay > 0 and 1 - (steps - 1) * self.lr_decay <= 0:
-            raise ValueError(f"nti with steps={steps}: the learning rate lr·(1 − i·{self.lr_decay:g}) reaches 0 "
-                             f"before the last step; use at most {math.ceil(1 / self.lr_decay)} steps")
-
-
-NTI_REFERENCE = NTISettings()  # the paper's / official notebook's settings
-# Our default: per step at most 3 Adam updates at 10× the paper's rate (its decay and early stop), the best ∅
-# evaluated kept: 4 UNet passes with grad per step instead of up to 10, on the fixed-point pivot. On the default
-# model (version 6) at 30 steps, guidance 7.5, it reconstructs 0.98–1.03 dB under the VAE round trip (one update
-# at lr 0.14, the default up to version 5: 2.43 dB; 3 passes at lr 0.07–0.1: 1.2 dB), and at 50 steps 0.51 dB
-# better than NTI_REFERENCE at 3.0–3.2× its speed (benchmarks/README.md).
-NTI_FAST = NTISettings(inner_steps=4, lr=0.1, stop_before_update=True)
 
 
 @dataclass
@@ -159,37 +126,6 @@ class Inversion:
         return inv
 
 
-# --- the networks, seen as float32 functions ------------------------------------------------------
-
-
-def _model(components: Components):
-    """model(x, t, embeddings) -> float32 output; inputs cast to the UNet's dtype (fp32 throughout when it is)."""
-    unet = UNetModel(components.unet)
-    dtype = components.unet.dtype
-    return lambda x, t, emb: unet(x.to(dtype), t, emb.to(dtype)).float()
-
-
-def _embed(components: Components, prompts: Sequence[str]) -> torch.Tensor:
-    """(B, L, D) float32 text embeddings as a normal (not inference-mode) tensor."""
-    return encode_prompts(components, list(prompts)).float().clone()
-
-
-def _steps(components: Components, steps: int):
-    """(i, t, ᾱ_t, ᾱ_next) of each sampling step, as sample_ddim visits them (diffusers' DDIMScheduler)."""
-    schedule = components.schedule
-    timesteps = schedule.timesteps(steps)
-    stride = schedule.num_train_timesteps // len(timesteps)
-    return [(i, t, schedule.alpha_bar(t), schedule.alpha_bar(t - stride)) for i, t in enumerate(timesteps)]
-
-
-def _guided_step(schedule: Schedule, x, out_uncond, out_cond, scale, a, a_next, sigma: float = 0.0):
-    """The classifier-free-guided DDIM step: ddim_step(x, u + w (c − u)); ``scale`` a float or (B, 1, 1, 1).
-    With ``sigma`` > 0 it is the step's mean, without its noise σz."""
-    clip = schedule.clip_sample_range if schedule.clip_sample else None
-    guided = out_uncond + scale * (out_cond - out_uncond)
-    return ddim_step(x, guided, a, a_next, schedule.prediction_type, sigma=sigma, clip=clip)
-
-
 # --- inversion ------------------------------------------------------------------------------------
 
 
@@ -199,7 +135,7 @@ def pivot_trajectory(components: Components, z0: torch.Tensor, cond: torch.Tenso
     the number of fixed-point iterations it ran."""
     schedule = components.schedule
     trajectory, iterations = [z0], 0
-    denoiser = CFGDenoiser(_model(components), cond)  # scale 1: the conditional model alone
+    denoiser = CFGDenoiser(float32_model(components), cond)  # scale 1: the conditional model alone
 
     def record(d):
         nonlocal iterations
@@ -222,14 +158,14 @@ def edit_friendly_noise(components: Components, z0: torch.Tensor, cond: torch.Te
     land exactly: x_{t−1} = μ(x_t) + n_i, μ the guided step's mean. ``generator`` draws the N ε_t on the CPU,
     noisiest first, so that a seed gives the same inversion on every device.
     """
-    model, schedule, device = _model(components), components.schedule, z0.device
-    plan = _steps(components, steps)
+    model, schedule, device = float32_model(components), components.schedule, z0.device
+    plan = step_plan(components, steps)
     eps = torch.randn((len(plan), *z0.shape[1:]), generator=generator, dtype=torch.float32).to(device)
     xs = [math.sqrt(a) * z0 + math.sqrt(1 - a) * eps[i : i + 1] for i, t, a, _ in plan] + [z0]  # noisiest first
     noise = []
     for i, t, a, a_next in tqdm(plan, disable=not progress, desc="edit-friendly DDPM inversion"):
         out_uncond, out_cond = model(torch.cat([xs[i], xs[i]]), t, torch.cat([null, cond])).chunk(2)
-        mean = _guided_step(schedule, xs[i], out_uncond, out_cond, guidance, a, a_next, ddim_sigma(a, a_next, 1.0))
+        mean = guided_step(schedule, xs[i], out_uncond, out_cond, guidance, a, a_next, ddim_sigma(a, a_next, 1.0))
         noise.append(xs[i + 1] - mean)
     return torch.cat(xs[::-1]), torch.cat(noise)
 
@@ -248,46 +184,6 @@ def default_fixed_point_iters(method: str, preset: Optional[NTISettings] = None,
     step has no closed-form inverse), else FIXED_POINT_ITERS."""
     plain = method in ("ddim", "ddpm") or (method == "nti" and preset == NTI_REFERENCE) or clip_sample
     return 0 if plain else FIXED_POINT_ITERS
-
-
-def null_text_optimization(components: Components, pivot: torch.Tensor, cond: torch.Tensor, null: torch.Tensor,
-                           steps: int, guidance: float, settings: NTISettings = NTI_FAST,
-                           progress: bool = False) -> tuple[torch.Tensor, int]:
-    """Per-step unconditional embeddings (N, L, D) fitted along the pivot (Mokady et al. 2022, Algorithm 1),
-    and the number of inner iterations run. ``cond``/``null`` are (1, L, D) float32."""
-    model, schedule, N = _model(components), components.schedule, pivot.shape[0] - 1
-    z, phi, fitted, iterations = pivot[-1:], null.clone(), [], 0
-    for i, t, a, a_next in tqdm(_steps(components, steps), disable=not progress, desc="null-text optimization"):
-        target = pivot[N - i - 1 : N - i]  # z*_{t-1}
-        phi = phi.detach().clone().requires_grad_(True)  # a new leaf: Adam updates it in place
-        out_cond = None  # 1. independent of ∅: once per step, in one batch with the first evaluation of ∅
-        optimizer = torch.optim.Adam([phi], lr=settings.lr * (1.0 - i * settings.lr_decay))
-        threshold = settings.epsilon + i * settings.epsilon_growth
-        best = None  # (loss, ∅, output) of the best ∅ evaluated (stop_before_update)
-        for j in range(settings.inner_steps):  # 2. the unconditional branch, with grad wrt ∅
-            if j == 0:
-                out_cond, out = model(torch.cat([z, z]), t, torch.cat([cond, phi])).chunk(2)
-                out_cond = out_cond.detach()
-            else:
-                out = model(z, t, phi)
-            loss = F.mse_loss(_guided_step(schedule, z, out, out_cond, guidance, a, a_next), target)
-            iterations += 1
-            if settings.stop_before_update:
-                if best is None or loss.item() < best[0]:
-                    best = (loss.item(), phi.detach().clone(), out.detach())
-                if j == settings.inner_steps - 1 or best[0] < threshold:
-                    break
-            (phi.grad,) = torch.autograd.grad(loss, [phi])  # no grads accumulate in the (frozen) UNet
-            optimizer.step()
-            if not settings.stop_before_update and loss.item() < threshold:
-                break
-        phi, out_uncond = (phi.detach(), None) if best is None else best[1:]
-        with torch.no_grad():  # 3. advance z̄ with the fitted ∅_i
-            out_cond = model(z, t, cond) if out_cond is None else out_cond  # inner_steps = 0
-            out_uncond = model(z, t, phi) if out_uncond is None else out_uncond
-            z = _guided_step(schedule, z, out_uncond, out_cond, guidance, a, a_next)
-        fitted.append(phi)
-    return torch.cat(fitted), iterations
 
 
 def invert(components: Components, image_latents: torch.Tensor, source_prompt: str, *, method: str,
@@ -320,7 +216,7 @@ def invert(components: Components, image_latents: torch.Tensor, source_prompt: s
     factor = components.vae_scale_factor
     with torch.inference_mode(False):  # NTI needs autograd even if the caller runs in inference mode
         z0 = image_latents.detach().to(components.device, torch.float32).clone()
-        cond, null = _embed(components, [source_prompt]), _embed(components, [NULL_PROMPT])
+        cond, null = embed(components, [source_prompt]), embed(components, [NULL_PROMPT])
         if method == "ddpm":
             generator = torch.Generator().manual_seed(seed)
             pivot, noise = edit_friendly_noise(components, z0, cond, null, steps, guidance, generator, progress)
@@ -354,18 +250,18 @@ def _sample_branches(components: Components, inv: Inversion, prompts: Sequence[s
 
     UNet batch (2B): [uncond_0 … uncond_{B−1}, cond_0 … cond_{B−1}], every branch on its own latent.
     """
-    model, schedule, device, n = _model(components), components.schedule, components.device, len(prompts)
-    cond = _embed(components, prompts)  # (B, L, D)
+    model, schedule, device, n = float32_model(components), components.schedule, components.device, len(prompts)
+    cond = embed(components, prompts)  # (B, L, D)
     if inv.method == "npi":
-        uncond = _embed(components, [inv.source_prompt]).expand(n, -1, -1)  # Miyake et al. 2023, eq. 9
+        uncond = embed(components, [inv.source_prompt]).expand(n, -1, -1)  # Miyake et al. 2023, eq. 9
     else:
-        uncond = _embed(components, [NULL_PROMPT]).expand(n, -1, -1)
+        uncond = embed(components, [NULL_PROMPT]).expand(n, -1, -1)
     scale = torch.tensor(list(scales), dtype=torch.float32, device=device).view(n, 1, 1, 1)
     k = inv.steps - skip_steps  # the pivot's latent after skip_steps steps: z*_k (z*_N = x_T)
     start = inv.x_T if not skip_steps else inv.pivot[k : k + 1]
     x = start.to(device, torch.float32).expand(n, -1, -1, -1).clone()  # (B, C, h, w)
     ancestral = inv.noise is not None  # ddpm: the ancestral step (η = 1) with the inversion's noise
-    for i, t, a, a_next in tqdm(_steps(components, inv.steps)[skip_steps:], disable=not progress, desc="edit"):
+    for i, t, a, a_next in tqdm(step_plan(components, inv.steps)[skip_steps:], disable=not progress, desc="edit"):
         if inv.uncond is not None:  # null-text: ∅_i for every branch (as the official p2p code)
             uncond = inv.uncond[i : i + 1].to(device).expand(n, -1, -1)
         if controller is not None:
@@ -373,10 +269,10 @@ def _sample_branches(components: Components, inv: Inversion, prompts: Sequence[s
         out_uncond, out_cond = model(torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)  # 1. predict
         if ancestral:  # 2. guided step: ddpm's mean plus the inversion's noise of this step, for every branch
             sigma = ddim_sigma(a, a_next, 1.0)
-            x = _guided_step(schedule, x, out_uncond, out_cond, scale, a, a_next, sigma)
+            x = guided_step(schedule, x, out_uncond, out_cond, scale, a, a_next, sigma)
             x = x + inv.noise[i : i + 1].to(device)
         else:  # 2. guided DDIM step
-            x = _guided_step(schedule, x, out_uncond, out_cond, scale, a, a_next)
+            x = guided_step(schedule, x, out_uncond, out_cond, scale, a, a_next)
         if inv.pivot is not None:  # 3. direct (and ddpm): source += z*_{t-1} − step(z^src_t), i.e. the pivot
             N = inv.pivot.shape[0] - 1
             x = torch.cat([inv.pivot[N - i - 1 : N - i].to(device), x[1:]])
