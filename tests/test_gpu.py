@@ -148,7 +148,7 @@ def test_resume_on_cuda_matches_a_straight_run(tiny_models, dataset, tmp_path):
 
 
 @pytest.mark.skipif(not (DEFAULT_MODEL / "model_index.json").is_file(), reason="weights/shapes is not built")
-@pytest.mark.parametrize("method", ["direct", "npi", "nti"])
+@pytest.mark.parametrize("method", ["direct", "npi", "nti", "ddpm"])
 def test_editing_on_cuda_reconstructs_as_on_cpu(method):
     """Inversion runs in fp32 on the GPU too: reconstruction PSNR within 0.3 dB of the CPU's on two images."""
     from latentdiff.edit.evaluate import _decode, shapes_examples
