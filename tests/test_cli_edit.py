@@ -50,15 +50,19 @@ def test_edit_writes_side_by_side_and_each_alone(tiny_models, photo, tmp_path, c
     assert f"reconstruction: {params['reconstruction_psnr']:.2f} dB PSNR" in err
 
 
+def run_edit(capsys, model, target, out, *extra):
+    """`latentdiff edit --target-prompt TARGET --model MODEL -o OUT` with ``extra`` arguments."""
+    return run(capsys, "edit", "--target-prompt", target, "--model", model, "-o", out, *extra)
+
+
 def test_invert_then_edit_reuses_the_inversion(tiny_models, photo, tmp_path, capsys):
     model = tiny_models[("epsilon", 8)]
     inv = tmp_path / "inv.safetensors"
     assert run(capsys, "invert", "--image", photo, "--source-prompt", "a red circle", "--model", model,
                "--steps", "4", "--method", "nti", "-o", inv)[0] == 0
-    direct = run(capsys, "edit", "--image", photo, "--source-prompt", "a red circle", "--target-prompt",
-                 "a red square", "--model", model, "--steps", "4", "--method", "nti", "-o", tmp_path / "a.png")
-    reused = run(capsys, "edit", "--inversion", inv, "--target-prompt", "a red square", "--model", model,
-                 "-o", tmp_path / "b.png")
+    direct = run_edit(capsys, model, "a red square", tmp_path / "a.png", "--image", photo, "--source-prompt",
+                  "a red circle", "--steps", "4", "--method", "nti")
+    reused = run_edit(capsys, model, "a red square", tmp_path / "b.png", "--inversion", inv)
     assert direct[0] == reused[0] == 0, reused[2]
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a-edit.png")), np.asarray(Image.open(tmp_path / "b-edit.png")))
     # an inversion from another model is refused
@@ -72,12 +76,10 @@ def test_the_default_method_is_ddpm_and_its_seed_travels_with_the_inversion(tiny
     inv = tmp_path / "inv.safetensors"
     assert run(capsys, "invert", "--image", photo, "--source-prompt", "a red circle", "--model", model,
                "--steps", "4", "--seed", "3", "-o", inv)[0] == 0
-    fresh = run(capsys, "edit", "--image", photo, "--source-prompt", "a red circle", "--target-prompt",
-                "a blue circle", "--model", model, "--steps", "4", "--seed", "3", "-o", tmp_path / "a.png")
-    reused = run(capsys, "edit", "--inversion", inv, "--target-prompt", "a blue circle", "--model", model,
-                 "-o", tmp_path / "b.png")
-    other = run(capsys, "edit", "--image", photo, "--source-prompt", "a red circle", "--target-prompt",
-                "a blue circle", "--model", model, "--steps", "4", "-o", tmp_path / "c.png")
+    from_photo = ("--image", photo, "--source-prompt", "a red circle", "--steps", "4")
+    fresh = run_edit(capsys, model, "a blue circle", tmp_path / "a.png", *from_photo, "--seed", "3")
+    reused = run_edit(capsys, model, "a blue circle", tmp_path / "b.png", "--inversion", inv)
+    other = run_edit(capsys, model, "a blue circle", tmp_path / "c.png", *from_photo)
     assert fresh[0] == reused[0] == other[0] == 0, reused[2]
     a, b, c = (read_params(tmp_path / f"{name}-edit.png") for name in "abc")
     assert a["method"] == b["method"] == "ddpm" and a["seed"] == b["seed"] == 3 and c["seed"] == 0

@@ -222,11 +222,12 @@ def cmd_edit(args) -> int:
         latents = sample_edit(components, inversion, args.target_prompt, guidance=args.guidance,
                               controller=controller, progress=not args.quiet, skip=args.skip)
         reconstruction, edited = (Image.fromarray(a) for a in to_uint8(decode_latents(components, latents)))
-    params = dict(inversion.settings, edit_guidance=edit_guidance(components, inversion, args.guidance),
-                  skip=args.skip, target_prompt=args.target_prompt, cross_replace=args.cross_replace,
-                  self_replace=args.self_replace, reweight=reweight, blend=args.blend, mode=controller.mode,
-                  model=str(components.path), seed=args.seed if inversion.seed is None else inversion.seed,
-                  image=str(args.image) if args.image else None)
+    # ddpm's settings carry the seed its inversion was drawn with; the other methods' record --seed
+    params = dict({"seed": args.seed, **inversion.settings},
+                  edit_guidance=edit_guidance(components, inversion, args.guidance), skip=args.skip,
+                  target_prompt=args.target_prompt, cross_replace=args.cross_replace, self_replace=args.self_replace,
+                  reweight=reweight, blend=args.blend, mode=controller.mode,
+                  model=str(components.path), image=str(args.image) if args.image else None)
     if image is not None:  # how close the source branch came, next to the ceiling of any latent inversion
         params.update(_reconstruction_quality(components, image, reconstruction))
         log.info("reconstruction: %.2f dB PSNR against the input (the VAE round trip allows %.2f dB)",

@@ -63,8 +63,6 @@ DDPM_EDIT_GUIDANCE_FRACTION = 0.5  # ddpm: the edit's default guidance, as a fra
 FIXED_POINT_ITERS = 3  # default refinement per inversion step (stops early; ~1 UNet pass per step in all)
 
 
-
-
 @dataclass
 class Inversion:
     """What editing an inverted image needs, saved as one safetensors file (:meth:`save` / :meth:`load`)."""
@@ -257,25 +255,25 @@ def _sample_branches(components: Components, inv: Inversion, prompts: Sequence[s
     else:
         uncond = embed(components, [NULL_PROMPT]).expand(n, -1, -1)
     scale = torch.tensor(list(scales), dtype=torch.float32, device=device).view(n, 1, 1, 1)
-    k = inv.steps - skip_steps  # the pivot's latent after skip_steps steps: z*_k (z*_N = x_T)
-    start = inv.x_T if not skip_steps else inv.pivot[k : k + 1]
+    # the inversion's per-step tensors, moved to the device once (not on every step)
+    nulls, pivot, noise = (None if v is None else v.to(device, torch.float32)
+                           for v in (inv.uncond, inv.pivot, inv.noise))
+    N = inv.steps
+    start = inv.x_T if not skip_steps else pivot[N - skip_steps : N - skip_steps + 1]  # z*_{N−k} after k steps
     x = start.to(device, torch.float32).expand(n, -1, -1, -1).clone()  # (B, C, h, w)
-    ancestral = inv.noise is not None  # ddpm: the ancestral step (η = 1) with the inversion's noise
-    for i, t, a, a_next in tqdm(step_plan(components, inv.steps)[skip_steps:], disable=not progress, desc="edit"):
-        if inv.uncond is not None:  # null-text: ∅_i for every branch (as the official p2p code)
-            uncond = inv.uncond[i : i + 1].to(device).expand(n, -1, -1)
+    for i, t, a, a_next in tqdm(step_plan(components, N)[skip_steps:], disable=not progress, desc="edit"):
+        if nulls is not None:  # null-text: ∅_i for every branch (as the official p2p code)
+            uncond = nulls[i : i + 1].expand(n, -1, -1)
         if controller is not None:
             controller.begin_step(i)
         out_uncond, out_cond = model(torch.cat([x, x]), t, torch.cat([uncond, cond])).chunk(2)  # 1. predict
-        if ancestral:  # 2. guided step: ddpm's mean plus the inversion's noise of this step, for every branch
-            sigma = ddim_sigma(a, a_next, 1.0)
-            x = guided_step(schedule, x, out_uncond, out_cond, scale, a, a_next, sigma)
-            x = x + inv.noise[i : i + 1].to(device)
+        if noise is not None:  # 2. ddpm: the ancestral step's mean (η = 1) plus the inversion's noise, every branch
+            x = guided_step(schedule, x, out_uncond, out_cond, scale, a, a_next, ddim_sigma(a, a_next, 1.0))
+            x = x + noise[i : i + 1]
         else:  # 2. guided DDIM step
             x = guided_step(schedule, x, out_uncond, out_cond, scale, a, a_next)
-        if inv.pivot is not None:  # 3. direct (and ddpm): source += z*_{t-1} − step(z^src_t), i.e. the pivot
-            N = inv.pivot.shape[0] - 1
-            x = torch.cat([inv.pivot[N - i - 1 : N - i].to(device), x[1:]])
+        if pivot is not None:  # 3. direct (and ddpm): source += z*_{t-1} − step(z^src_t), i.e. the pivot
+            x = torch.cat([pivot[N - i - 1 : N - i], x[1:]])
         if controller is not None:
             x = controller.after_step(i, x)  # 4. e.g. local blending of [source, edited]
     return x
