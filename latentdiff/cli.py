@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(gen)
     gen.add_argument("--lora", type=Path, help="LoRA weights (.safetensors or a folder) to apply to the UNet")
     gen.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1)")
-    gen.add_argument("--sampler", help="ddim or ddpm (default ddim)")
+    gen.add_argument("--sampler", help="ddim, ddpm, dpmpp-2m or dpmpp-2m-sde (default: the model's, else ddim)")
     gen.add_argument("--steps", type=int, help="sampling steps (default 50)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale w (default 7.5; 1 = off)")
     gen.add_argument("--guidance-rescale", type=float, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")
@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompt-seed", type=int,
                     help="draws the prompt set (default 1234, the set of the recorded tables); another seed gives a "
                          "second set, to tell a difference from noise")
-    ev.add_argument("--guidance-rescale", type=float, default=0.0, help="guidance rescale φ in [0, 1] (default 0)")
+    ev.add_argument("--guidance-rescale", type=float, help="guidance rescale φ in [0, 1] (default: the model's)")
+    ev.add_argument("--sampler", help="sampler (default: the model's)")
+    ev.add_argument("--eta", type=float, help="DDIM η (default: the model's)")
     ev.add_argument("--out", type=Path, default=Path("outputs/eval"), help="grids and JSON results (default outputs/eval)")
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
 
@@ -178,13 +180,14 @@ def cmd_eval(args) -> int:
     guidances = args.guidance or sorted({1.0, float(pipe.defaults.guidance)})
     if args.seeds < 1:
         raise ValueError(f"--seeds {args.seeds} must be at least 1")
-    if not 0.0 <= args.guidance_rescale <= 1.0:
+    if args.guidance_rescale is not None and not 0.0 <= args.guidance_rescale <= 1.0:
         raise ValueError(f"--guidance-rescale {args.guidance_rescale} must be in [0, 1]")
+    settings = dict(steps=args.steps, sampler=args.sampler, eta=args.eta, guidance_rescale=args.guidance_rescale)
+    pipe.settings(**settings)  # validate before any work
     prompt_seed = PROMPT_SEED if args.prompt_seed is None else args.prompt_seed
     results = evaluate(pipe, prompt_set(args.seen, args.heldout, seed=prompt_seed), guidances, seeds=args.seeds,
-                       steps=args.steps, out_dir=args.out, progress=not args.quiet,
-                       round_trip=lambda images: vae_round_trip(pipe.components, images),
-                       guidance_rescale=args.guidance_rescale)
+                       out_dir=args.out, progress=not args.quiet,
+                       round_trip=lambda images: vae_round_trip(pipe.components, images), **settings)
     print(table(results))
     print(f"('{ROUND_TRIP}': true renderings of the same prompts through the model's VAE alone, the ceiling)")
     print(f"grids and readings in {args.out}/")

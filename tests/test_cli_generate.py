@@ -115,6 +115,6 @@ def test_eval_prompt_seed_draws_another_set_and_rescale_reaches_the_sampler(tiny
                            "-q", *extra)
         assert code == 0, err
         captions[seed] = [r["caption"] for r in json.loads((out / "readings.json").read_text())]
-    assert passed == [0.0, 0.7] and captions[None] != captions["999"]
+    assert passed == [None, 0.7] and captions[None] != captions["999"]
     code, _, err = run(capsys, "eval", "--model", str(tiny_models[("v_prediction", 4)]), "--guidance-rescale", "2")
     assert code == 2 and "--guidance-rescale 2.0 must be in [0, 1]" in err and len(err.strip().splitlines()) == 1

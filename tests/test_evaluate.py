@@ -15,7 +15,7 @@ class FakePipe:
         self.by_caption = {p["caption"]: p for p in prompts}
         self.corrupt = corrupt
 
-    def generate(self, captions, guidance, num_images, steps, seed, progress, guidance_rescale=0.0):
+    def generate(self, captions, guidance, num_images, seed, progress, **settings):
         out = []
         for i, caption in enumerate(c for c in captions for _ in range(num_images)):
             attrs = {a: self.by_caption[caption][a] for a in ATTRIBUTES}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 from latentdiff.pipeline import Pipeline
 
@@ -33,6 +33,25 @@ def test_pixel_parity_with_diffusers(tiny_models, key, sampler, negative):
     assert ours[0].shape == theirs[0].shape == ((32, 32, 3) if key[1] == 4 else (64, 64, 3))
     assert max_diff(ours, theirs) <= 1
     assert ours[0].std() > 5  # a real image, not a constant
+
+
+@pytest.mark.parametrize("key", [("epsilon", 8), ("v_prediction", 4), "sd2"])
+@pytest.mark.parametrize("sampler", ["dpmpp-2m", "dpmpp-2m-sde"])
+def test_dpm_solver_pixel_parity_with_diffusers(tiny_models, key, sampler):
+    """DPMSolverMultistepScheduler.from_config(the model's scheduler), the way diffusers users swap samplers;
+    two images per prompt with a generator each (the SDE variant draws noise every step)."""
+    path = tiny_models[key]
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipe.scheduler.config, algorithm_type="sde-dpmsolver++" if sampler.endswith("sde") else "dpmsolver++")
+    pipe.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(s) for s in (11, 12)]
+    theirs = pipe("a blue cross in the center", num_inference_steps=20, guidance_scale=6.0, generator=generators,
+                  num_images_per_prompt=2).images
+    ours = Pipeline.from_pretrained(path, device="cpu")(
+        "a blue cross in the center", steps=20, guidance=6.0, sampler=sampler, seed=11, num_images=2)
+    assert max_diff([np.asarray(im) for im in ours], [np.asarray(im) for im in theirs]) <= 1
+    assert np.asarray(ours[0]).std() > 5
 
 
 def test_eta_and_per_image_seeds_match_diffusers(tiny_models):

@@ -48,10 +48,11 @@ def accuracy(scored: Sequence[tuple[dict, dict]]) -> dict:
             for s, pairs in by_split.items() if pairs}
 
 
-def evaluate(pipe, prompts: Sequence[dict], guidances: Sequence[float], seeds: int = 2, steps: int | None = None,
-             chunk: int = 24, out_dir: Path | None = None, progress: bool = False, round_trip=None,
-             guidance_rescale: float = 0.0) -> dict:
+def evaluate(pipe, prompts: Sequence[dict], guidances: Sequence[float], seeds: int = 2, chunk: int = 24,
+             out_dir: Path | None = None, progress: bool = False, round_trip=None, **settings) -> dict:
     """{guidance: {split: {attribute: accuracy}}}; also writes grids and a JSON of every reading to out_dir.
+
+    ``settings`` (steps, sampler, eta, guidance_rescale, …) override the model's generation defaults.
 
     With ``round_trip`` (the model's VAE encode → decode on PIL images), the results also hold
     :data:`ROUND_TRIP`, the ceiling of :func:`round_trip_ceiling`."""
@@ -62,8 +63,8 @@ def evaluate(pipe, prompts: Sequence[dict], guidances: Sequence[float], seeds: i
         scored, images = [], []
         for start in range(0, len(prompts), chunk):
             part = prompts[start:start + chunk]
-            generated = pipe.generate([p["caption"] for p in part], guidance=w, num_images=seeds, steps=steps,
-                                      seed=start * seeds, progress=progress, guidance_rescale=guidance_rescale)
+            generated = pipe.generate([p["caption"] for p in part], guidance=w, num_images=seeds,
+                                      seed=start * seeds, progress=progress, **settings)
             for k, g in enumerate(generated):
                 p = part[k // seeds]
                 read = analyze(g.image)
