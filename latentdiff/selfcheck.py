@@ -7,6 +7,7 @@ import inspect
 import torch
 
 from .analytic import GaussianDenoiser
+from .dpm_solver import dpm_timesteps, sample_dpmpp_2m
 from .sampling import ddim_invert, sample_ddim, sample_ddpm
 from .schedule import Schedule
 
@@ -28,7 +29,7 @@ def _reference(cls, config, steps, denoiser, x, seed=None, **step_kwargs):
 
 def run(steps: int = 50, seed: int = 0) -> list[tuple[str, float, float]]:
     """Rows of (check, measured value, bound); a check passes when value <= bound."""
-    from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     rows = []
     x = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
@@ -47,6 +48,14 @@ def run(steps: int = 50, seed: int = 0) -> list[tuple[str, float, float]]:
         ours = sample_ddpm(denoiser, x, schedule, ts, generator=torch.Generator().manual_seed(1))
         ref = _reference(DDPMScheduler, config, steps, denoiser, x, seed=1)
         rows.append((f"DDPM vs diffusers ({prediction})", rel(ours, ref), 1e-5))
+        for sde in (False, True):
+            name = "sde-dpmsolver++" if sde else "dpmsolver++"
+            ours = sample_dpmpp_2m(denoiser, x, schedule, dpm_timesteps(steps, 1000, "leading", 1), sde=sde,
+                                   generator=torch.Generator().manual_seed(1))
+            dpm_config = {k: v for k, v in config.items() if k != "clip_sample"}
+            ref = _reference(DPMSolverMultistepScheduler, dict(dpm_config, algorithm_type=name), steps, denoiser, x,
+                             seed=1)
+            rows.append((f"DPM-Solver++ 2M{' SDE' if sde else ''} vs diffusers ({prediction})", rel(ours, ref), 1e-5))
         x0 = denoiser.mu + denoiser.std * x
         ours = ddim_invert(denoiser, x0, schedule, ts)
         ref = _reference(DDIMInverseScheduler, config, steps, denoiser, x0)

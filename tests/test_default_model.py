@@ -27,13 +27,14 @@ def test_same_image_as_diffusers():
     from latentdiff.pipeline import Pipeline
 
     prompt = "a large red circle in the top left corner on a white background"
+    pipe = Pipeline.from_pretrained(DEFAULT_MODEL, device="cpu")
+    assert pipe.defaults.sampler == "ddim" and pipe.defaults.eta == 1.0  # the model's default: ancestral DDIM
     ref = StableDiffusionPipeline.from_pretrained(DEFAULT_MODEL, torch_dtype=torch.float32, safety_checker=None)
     ref.scheduler = DDIMScheduler.from_config(ref.scheduler.config)
     ref.set_progress_bar_config(disable=True)
-    theirs = np.asarray(ref(prompt, num_inference_steps=10, guidance_scale=4.0,
+    theirs = np.asarray(ref(prompt, num_inference_steps=10, guidance_scale=4.0, eta=1.0,
                             generator=torch.Generator().manual_seed(3)).images[0], dtype=int)
-    ours = np.asarray(Pipeline.from_pretrained(DEFAULT_MODEL, device="cpu")(prompt, steps=10, guidance=4.0, seed=3)[0],
-                      dtype=int)
+    ours = np.asarray(pipe(prompt, steps=10, guidance=4.0, seed=3)[0], dtype=int)
     assert ours.shape == (64, 64, 3)
     assert np.abs(ours - theirs).max() <= 1
 

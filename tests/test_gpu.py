@@ -67,7 +67,8 @@ def test_default_model_fp16_on_cuda_matches_diffusers_and_keeps_adherence():
     from latentdiff.shapes.evaluate import evaluate, prompt_set
 
     prompt = "a large red circle in the top left corner on a white background"
-    theirs = _diffusers_fp16(DEFAULT_MODEL, DDIMScheduler, prompt, 3, num_inference_steps=10, guidance_scale=4.0)
+    theirs = _diffusers_fp16(DEFAULT_MODEL, DDIMScheduler, prompt, 3, num_inference_steps=10, guidance_scale=4.0,
+                             eta=1.0)  # the model's default sampler: ancestral DDIM
     pipe = Pipeline.from_pretrained(DEFAULT_MODEL)
     assert pipe.components.dtype == torch.float16
     ours = _ints(pipe(prompt, steps=10, guidance=4.0, seed=3)[0])

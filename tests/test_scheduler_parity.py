@@ -191,3 +191,13 @@ def test_float32_result_is_closer_to_float64_truth(schedule_name, prediction):
         theirs = reference_loop(stock, x).double()
         assert rel_err(ours, truth) <= 1e-6
         assert rel_err(ours, truth) <= rel_err(theirs, truth) * 1.5 + 1e-7
+
+
+def test_selfcheck_passes_and_covers_every_sampler():
+    from latentdiff.selfcheck import run
+
+    rows = run()
+    assert all(value <= bound for _, value, bound in rows), rows
+    names = " ".join(name for name, _, _ in rows)
+    for sampler in ("DDIM eta=0", "DDIM eta=1", "DDPM", "DPM-Solver++ 2M vs", "DPM-Solver++ 2M SDE", "inversion"):
+        assert sampler in names
