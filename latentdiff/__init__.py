@@ -1,6 +1,6 @@
 """latentdiff: latent diffusion text-to-image, fine-tuning and editing, numerically equal to diffusers."""
 
-from .dpm_solver import dpm_timesteps, sample_dpmpp_2m
+from .dpm_solver import dpm_timesteps, karras_timesteps, sample_dpmpp_2m
 from .guidance import CFGDenoiser, rescale_guidance
 from .sampling import ddim_invert, ddim_step, ddpm_step, sample_ddim, sample_ddpm
 from .schedule import Schedule, inference_timesteps, make_betas
@@ -14,6 +14,7 @@ __all__ = [
     "ddpm_step",
     "dpm_timesteps",
     "inference_timesteps",
+    "karras_timesteps",
     "make_betas",
     "rescale_guidance",
     "sample_ddim",

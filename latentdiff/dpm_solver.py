@@ -49,11 +49,35 @@ def dpm_timesteps(num_steps: int, num_train_timesteps: int, spacing: str = "lins
     return [int(t) for t in ts]
 
 
-def _alpha_sigma_lambda(schedule: Schedule, t: int) -> tuple[float, float, float]:
-    """(α_t, σ_t, λ_t) at a training timestep; ᾱ = 0 (zero terminal SNR) is lifted to 2⁻²⁴."""
-    a = schedule.alpha_bar(t) or ZERO_SNR_ALPHA_BAR
-    alpha, sigma = math.sqrt(a), math.sqrt(1 - a)
-    return alpha, sigma, math.log(alpha) - math.log(sigma)
+def _noise_levels(schedule: Schedule) -> np.ndarray:
+    """σ/α of every training timestep (ascending in t); ᾱ = 0 (zero terminal SNR) is lifted to 2⁻²⁴."""
+    alpha_bar = schedule.alphas_cumprod.clone()
+    alpha_bar[alpha_bar == 0] = ZERO_SNR_ALPHA_BAR
+    return ((1 - alpha_bar) / alpha_bar).sqrt().numpy()
+
+
+def karras_timesteps(schedule: Schedule, num_steps: int, rho: float = 7.0) -> tuple[list[int], list[float]]:
+    """Karras et al. 2022 (eq. 5) noise levels for ``num_steps`` steps and the timesteps the model is called at.
+
+    The levels k = σ/α run from the schedule's largest to its smallest, evenly in k^(1/ρ); each timestep is
+    interpolated in log k between training timesteps and rounded, as diffusers' ``use_karras_sigmas=True`` does
+    (it keeps fractional timesteps for squaredcos_cap_v2 schedules; we round those too).
+    """
+    T = schedule.num_train_timesteps
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= T:
+        raise ValueError(f"steps={num_steps!r} must be an integer between 1 and num_train_timesteps={T}")
+    levels = _noise_levels(schedule)
+    ramp = np.linspace(0, 1, num_steps)
+    k_max, k_min = levels[-1] ** (1 / rho), levels[0] ** (1 / rho)
+    sigmas = (k_max + ramp * (k_min - k_max)) ** rho
+    timesteps = np.interp(np.log(sigmas), np.log(levels), np.arange(T)).round().astype(np.int64)
+    return [int(t) for t in timesteps], [float(k) for k in sigmas]
+
+
+def _alpha_sigma_lambda(k: float) -> tuple[float, float, float]:
+    """(α, σ, λ) at noise level k = σ/α (α² + σ² = 1)."""
+    alpha = 1 / math.sqrt(k * k + 1)
+    return alpha, k * alpha, -math.log(k)
 
 
 def sample_dpmpp_2m(
@@ -62,6 +86,7 @@ def sample_dpmpp_2m(
     schedule: Schedule,
     timesteps: Sequence[int],
     *,
+    sigmas: Optional[Sequence[float]] = None,
     sde: bool = False,
     generator: Generators = None,
     callback: Optional[Callback] = None,
@@ -69,21 +94,28 @@ def sample_dpmpp_2m(
 ) -> torch.Tensor:
     """DPM-Solver++ 2M (``sde=False``, deterministic) or 2M SDE from x_T over descending ``timesteps``.
 
-    Use :func:`dpm_timesteps` for diffusers' spacing. The SDE variant draws z ~ N(0, I) at every step.
+    Use :func:`dpm_timesteps` for diffusers' spacing, or :func:`karras_timesteps` and pass its noise levels
+    (σ/α per step) as ``sigmas``: the solver then steps between those levels while the model sees the
+    (rounded) timesteps. The SDE variant draws z ~ N(0, I) at every step.
     """
     ts = list(timesteps)
+    if sigmas is None:
+        levels = _noise_levels(schedule)
+        sigmas = [float(levels[t]) for t in ts]
+    elif len(sigmas) != len(ts):
+        raise ValueError(f"got {len(sigmas)} noise levels for {len(ts)} timesteps; pass one per timestep")
     previous: Optional[tuple[torch.Tensor, float]] = None  # (x̂_0, λ) of the last step
     for i, t in enumerate(tqdm(ts, disable=disable_progress, desc="DPM++ 2M SDE" if sde else "DPM++ 2M")):
         model_output = denoiser(x, t)  # 1. predict, as data
         _report(callback, i, t, x, model_output, schedule)
-        alpha_s, sigma_s, lambda_s = _alpha_sigma_lambda(schedule, t)
+        alpha_s, sigma_s, lambda_s = _alpha_sigma_lambda(sigmas[i])
         p, q, _, _ = x0_eps_coefficients(alpha_s**2, schedule.prediction_type)
         x0 = torch.add(x * p, model_output, alpha=q)
         noise = randn_like(x, generator) if sde else None  # 2. drawn every step, as diffusers does
         if i == len(ts) - 1:  # 3a. the last step lands on σ = 0: x_0 = x̂_0
             x = x0
         else:  # 3b. a first- (no history) or second-order multistep update to the next timestep
-            alpha_t, sigma_t, lambda_t = _alpha_sigma_lambda(schedule, ts[i + 1])
+            alpha_t, sigma_t, lambda_t = _alpha_sigma_lambda(sigmas[i + 1])
             h = lambda_t - lambda_s
             d = x0
             if previous is not None:

@@ -13,11 +13,12 @@ from PIL import Image
 
 from .guidance import CFGDenoiser, UNetModel
 from .models import Components, decode_latents, encode_prompts, load_components, save_components, to_uint8
-from .dpm_solver import dpm_timesteps, sample_dpmpp_2m
+from .dpm_solver import dpm_timesteps, karras_timesteps, sample_dpmpp_2m
 from .sampling import randn, sample_ddim, sample_ddpm
 from .schedule import Schedule
 
-SAMPLERS = ("ddim", "ddpm", "dpmpp-2m", "dpmpp-2m-sde")  # DPM-Solver++ 2M (SDE): diffusers' DPMSolverMultistep
+# DPM-Solver++ 2M (SDE) is diffusers' DPMSolverMultistepScheduler; "-karras": with use_karras_sigmas=True
+SAMPLERS = ("ddim", "ddpm", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-2m-karras", "dpmpp-2m-sde-karras")
 GENERATION_CONFIG = "latentdiff_generation.json"  # optional per-model defaults in the model folder
 
 
@@ -45,11 +46,20 @@ class GenerationConfig:
         return cls(**{k: v for k, v in json.loads(file.read_text()).items() if k in known})
 
 
-def sampler_timesteps(sampler: str, schedule: Schedule, steps: int) -> list[int]:
-    """The timesteps a sampler visits, spaced as diffusers' scheduler of that name spaces them."""
-    if sampler.startswith("dpmpp"):
-        return dpm_timesteps(steps, schedule.num_train_timesteps, schedule.timestep_spacing, schedule.steps_offset)
-    return schedule.timesteps(steps)
+def sampler_plan(cfg: "GenerationConfig", schedule: Schedule) -> tuple:
+    """(sampler function, its timesteps, its keyword arguments) for a sampler name, timesteps spaced as the
+    diffusers scheduler of that name spaces them."""
+    if cfg.sampler == "ddim":
+        return sample_ddim, schedule.timesteps(cfg.steps), {"eta": cfg.eta}
+    if cfg.sampler == "ddpm":
+        return sample_ddpm, schedule.timesteps(cfg.steps), {}
+    extra = {"sde": "-sde" in cfg.sampler}
+    if cfg.sampler.endswith("-karras"):
+        timesteps, extra["sigmas"] = karras_timesteps(schedule, cfg.steps)
+    else:
+        timesteps = dpm_timesteps(cfg.steps, schedule.num_train_timesteps, schedule.timestep_spacing,
+                                  schedule.steps_offset)
+    return sample_dpmpp_2m, timesteps, extra
 
 
 @dataclass
@@ -105,7 +115,7 @@ class Pipeline:
             raise ValueError(f"num_images={cfg.num_images} must be at least 1")
         if not cfg.eta >= 0:
             raise ValueError(f"eta={cfg.eta!r} must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like)")
-        sampler_timesteps(cfg.sampler, self.components.schedule, cfg.steps)  # validates steps
+        sampler_plan(cfg, self.components.schedule)  # validates steps
         return cfg
 
     def generate(self, prompt: Union[str, Sequence[str]], *, progress: bool = False, callback=None,
@@ -127,11 +137,10 @@ class Pipeline:
         latents = randn(shape, generators, cond.dtype, c.device)  # (B, C, H/f, W/f)
         schedule = c.schedule
         denoiser = CFGDenoiser(UNetModel(c.unet), cond, uncond, cfg.guidance, cfg.guidance_rescale)
-        sampler, extra = {"ddim": (sample_ddim, {"eta": cfg.eta}), "ddpm": (sample_ddpm, {}),
-                          "dpmpp-2m": (sample_dpmpp_2m, {}), "dpmpp-2m-sde": (sample_dpmpp_2m, {"sde": True})}[cfg.sampler]
+        sampler, timesteps, extra = sampler_plan(cfg, schedule)
         with torch.inference_mode():
-            latents = sampler(denoiser, latents, schedule, sampler_timesteps(cfg.sampler, schedule, cfg.steps),
-                              generator=generators, callback=callback, disable_progress=not progress, **extra)
+            latents = sampler(denoiser, latents, schedule, timesteps, generator=generators, callback=callback,
+                              disable_progress=not progress, **extra)
             pixels = to_uint8(decode_latents(c, latents))
 
         out = []

@@ -8,7 +8,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 
 from latentdiff.analytic import GaussianDenoiser
-from latentdiff.dpm_solver import dpm_timesteps, sample_dpmpp_2m
+from latentdiff.dpm_solver import dpm_timesteps, karras_timesteps, sample_dpmpp_2m
 from latentdiff.sampling import sample_ddim
 from latentdiff.schedule import Schedule
 
@@ -29,10 +29,15 @@ def generators(*seeds):
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-def reference(config, steps, x, denoiser, sde, seeds=(5, 6)):
+def reference(config, steps, x, denoiser, sde, seeds=(5, 6), karras=False, table=None):
+    """diffusers' result; ``table``: our float64 ᾱ (zero SNR lifted as diffusers lifts it) replaces its float32 one."""
     config = {k: v for k, v in config.items() if k != "clip_sample"}  # a DDIM key, here to build our Schedule
-    ref = DPMSolverMultistepScheduler(**config, algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++")
+    ref = DPMSolverMultistepScheduler(**config, algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++",
+                                      use_karras_sigmas=karras)
+    if table is not None:
+        ref.alphas_cumprod = table.where(table > 0, torch.tensor(2.0**-24, dtype=table.dtype))
     ref.set_timesteps(steps)
+    reference.sigmas = ref.sigmas[:-1].tolist()
     gens = generators(*seeds)
     for t in ref.timesteps:
         x = ref.step(denoiser(x, int(t)), t, x, generator=gens).prev_sample
@@ -68,6 +73,28 @@ def test_zero_terminal_snr_matches_diffusers(spacing, sde):
     theirs, _ = reference(config, 20, x, fake_denoiser, sde)
     ours = sample_dpmpp_2m(fake_denoiser, x, schedule, ts, sde=sde, generator=generators(5, 6))
     assert torch.isfinite(ours).all() and rel_err(ours, theirs) <= 1e-5
+
+
+@pytest.mark.parametrize("sde", [False, True])
+@pytest.mark.parametrize("schedule_name,prediction,zero_snr", [
+    ("scaled_linear", "epsilon", False), ("scaled_linear", "v_prediction", False), ("linear", "sample", False),
+    ("scaled_linear", "v_prediction", True)])
+def test_karras_sigmas_match_diffusers(schedule_name, prediction, zero_snr, sde):
+    """use_karras_sigmas=True: the same noise levels, the same rounded timesteps, the same result. Its levels come
+    from 1 − ᾱ, which a float32 ᾱ table gives to ~1e-4 near ᾱ_0 ≈ 0.999, so diffusers gets our float64 table."""
+    config = dict(SCHEDULES[schedule_name], prediction_type=prediction, timestep_spacing="trailing", steps_offset=1,
+                  clip_sample=False, rescale_betas_zero_snr=zero_snr)
+    schedule = Schedule.from_config(config)
+    x = latents()
+    # zero SNR: from 20 steps on the first two timesteps round to 999, and diffusers then starts at its second
+    # level (its rule for a repeated first timestep) and runs past the end of its table
+    for steps in (2, 10) if zero_snr else (2, 10, 30):
+        ts, sigmas = karras_timesteps(schedule, steps)
+        theirs, their_ts = reference(config, steps, x, fake_denoiser, sde, karras=True, table=schedule.alphas_cumprod)
+        assert ts == their_ts and sigmas == pytest.approx(reference.sigmas, rel=1e-6)
+        assert sigmas[0] == pytest.approx(4096 if zero_snr else max(sigmas), rel=1e-5)  # starts at the top
+        ours = sample_dpmpp_2m(fake_denoiser, x, schedule, ts, sigmas=sigmas, sde=sde, generator=generators(5, 6))
+        assert rel_err(ours, theirs) <= 1e-5, steps
 
 
 def exact_sample(denoiser: GaussianDenoiser, x_T: torch.Tensor, t: int) -> torch.Tensor:
@@ -122,3 +149,8 @@ def test_bad_steps_are_refused():
         dpm_timesteps(0, 1000)
     with pytest.raises(ValueError, match="timestep_spacing='even'"):
         dpm_timesteps(10, 1000, "even")
+    schedule = Schedule.make("scaled_linear")
+    with pytest.raises(ValueError, match="steps=0"):
+        karras_timesteps(schedule, 0)
+    with pytest.raises(ValueError, match="2 noise levels for 3 timesteps"):
+        sample_dpmpp_2m(fake_denoiser, latents(), schedule, [999, 500, 0], sigmas=[10.0, 1.0])

@@ -36,14 +36,15 @@ def test_pixel_parity_with_diffusers(tiny_models, key, sampler, negative):
 
 
 @pytest.mark.parametrize("key", [("epsilon", 8), ("v_prediction", 4), "sd2"])
-@pytest.mark.parametrize("sampler", ["dpmpp-2m", "dpmpp-2m-sde"])
+@pytest.mark.parametrize("sampler", ["dpmpp-2m", "dpmpp-2m-sde", "dpmpp-2m-karras", "dpmpp-2m-sde-karras"])
 def test_dpm_solver_pixel_parity_with_diffusers(tiny_models, key, sampler):
     """DPMSolverMultistepScheduler.from_config(the model's scheduler), the way diffusers users swap samplers;
     two images per prompt with a generator each (the SDE variant draws noise every step)."""
     path = tiny_models[key]
     pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(
-        pipe.scheduler.config, algorithm_type="sde-dpmsolver++" if sampler.endswith("sde") else "dpmsolver++")
+        pipe.scheduler.config, algorithm_type="sde-dpmsolver++" if "-sde" in sampler else "dpmsolver++",
+        use_karras_sigmas=sampler.endswith("karras"))
     pipe.set_progress_bar_config(disable=True)
     generators = [torch.Generator().manual_seed(s) for s in (11, 12)]
     theirs = pipe("a blue cross in the center", num_inference_steps=20, guidance_scale=6.0, generator=generators,
