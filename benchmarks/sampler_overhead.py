@@ -14,8 +14,9 @@ import statistics
 import time
 
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
+from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+from latentdiff.dpm_solver import dpm_timesteps, sample_dpmpp_2m
 from latentdiff.sampling import ddim_invert, sample_ddim, sample_ddpm
 from latentdiff.schedule import Schedule
 
@@ -49,6 +50,17 @@ def cases(steps: int, out: torch.Tensor):
            lambda x: diffusers_loop(ddpm, out, x, generator=g()))
     yield ("DDIM inversion", lambda x: ddim_invert(zero_cost, x, schedule, ts),
            lambda x: diffusers_loop(inverse, out, x))
+    dpm_ts = dpm_timesteps(steps, 1000, "leading", 1)
+    for sde in (False, True):
+        ref = DPMSolverMultistepScheduler(**{k: v for k, v in SD.items() if k not in ("clip_sample", "set_alpha_to_one")},
+                                          timestep_spacing="leading",
+                                          algorithm_type="sde-dpmsolver++" if sde else "dpmsolver++")
+
+        def theirs(x, ref=ref):
+            ref.set_timesteps(steps)  # resets its multistep history
+            return diffusers_loop(ref, out, x, generator=g())
+        yield (f"DPM++ 2M{' SDE' if sde else ''}",
+               lambda x, sde=sde: sample_dpmpp_2m(zero_cost, x, schedule, dpm_ts, sde=sde, generator=g()), theirs)
 
 
 def main():

@@ -55,18 +55,20 @@ def test_recipe_schedule_is_the_shipped_one():
 
 @pytest.mark.slow
 def test_adherence_and_vae_ceiling_stay_at_version_6_levels():
-    """Guards the shipped model against a broken rebuild or loader: seen and held-out prompts at the default
-    guidance, one seed each (version 6 reads seen shape 100 %, color 98 %, size, position and background 100 %;
-    held-out shape 96 %, color 83 %, position 100 %), against floors under that; the VAE ceiling too (version 6:
-    seen shape 100 %). Version 5 fails it (VAE shape ceiling 91 %, held-out shape 73 % over 2 seeds, seen color
-    90 %), version 4 too (held-out color 71 %, position 79 %)."""
+    """Guards the shipped model against a broken rebuild or loader: seen and held-out prompts at the model's
+    default sampler (ancestral DDIM) and guidance, two seeds each (the recorded `latentdiff eval` table: version 6
+    reads seen shape 95.8 %, color, size, position and background 100 %; held-out shape 93.8 %, color 89.6 %,
+    position 100 %), against floors under that; the VAE ceiling too (version 6: seen shape 99 %). One seed is
+    too few for the floors since the sampler draws noise: its 24 held-out prompts read shape 79 % (5 misses),
+    where 4 seeds on two prompt sets read 89.6 and 91.7 %. Version 5 fails it (VAE shape ceiling 91 %,
+    held-out shape 73 % over 2 seeds, seen color 90 %), version 4 too (held-out color 71 %, position 79 %)."""
     from latentdiff.models import vae_round_trip
     from latentdiff.pipeline import Pipeline
     from latentdiff.shapes.evaluate import evaluate, prompt_set, round_trip_ceiling
 
     pipe = Pipeline.from_pretrained(DEFAULT_MODEL, device="cpu")
     prompts = prompt_set(48, 24)
-    result = evaluate(pipe, prompts, [4.0], seeds=1)[4.0]
+    result = evaluate(pipe, prompts, [4.0], seeds=2)[4.0]
     seen, heldout = result["seen"], result["heldout"]
     assert seen["size"] >= 0.9 and seen["position"] >= 0.9 and seen["shape"] >= 0.9, seen
     assert seen["color"] >= 0.93 and seen["background"] >= 0.9, seen
