@@ -14,9 +14,11 @@ import statistics
 import time
 
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler)
 
 from latentdiff.dpm_solver import dpm_timesteps, sample_dpmpp_2m
+from latentdiff.euler import euler_timesteps, sample_euler
 from latentdiff.sampling import ddim_invert, sample_ddim, sample_ddpm
 from latentdiff.schedule import Schedule
 
@@ -61,6 +63,21 @@ def cases(steps: int, out: torch.Tensor):
             return diffusers_loop(ref, out, x, generator=g())
         yield (f"DPM++ 2M{' SDE' if sde else ''}",
                lambda x, sde=sde: sample_dpmpp_2m(zero_cost, x, schedule, dpm_ts, sde=sde, generator=g()), theirs)
+    euler_ts, sigmas = euler_timesteps(schedule, steps)
+    for cls, ancestral in ((EulerDiscreteScheduler, False), (EulerAncestralDiscreteScheduler, True)):
+        ref = cls(**{k: v for k, v in SD.items() if k not in ("clip_sample", "set_alpha_to_one")},
+                  timestep_spacing="leading")
+
+        def theirs(x, ref=ref):  # as its pipelines run it: each model input scaled
+            ref.set_timesteps(steps)
+            generator = g()
+            for t in ref.timesteps:
+                ref.scale_model_input(x, t)
+                x = ref.step(out, t, x, generator=generator).prev_sample
+            return x
+        yield (f"Euler{' ancestral' if ancestral else ''}",
+               lambda x, a=ancestral: sample_euler(zero_cost, x, schedule, euler_ts, sigmas, ancestral=a, generator=g()),
+               theirs)
 
 
 def main():

@@ -1,6 +1,7 @@
 """latentdiff: latent diffusion text-to-image, fine-tuning and editing, numerically equal to diffusers."""
 
 from .dpm_solver import dpm_timesteps, karras_timesteps, sample_dpmpp_2m
+from .euler import euler_timesteps, sample_euler
 from .guidance import CFGDenoiser, rescale_guidance
 from .sampling import ddim_invert, ddim_step, ddpm_step, sample_ddim, sample_ddpm
 from .schedule import Schedule, inference_timesteps, make_betas
@@ -13,6 +14,7 @@ __all__ = [
     "ddim_step",
     "ddpm_step",
     "dpm_timesteps",
+    "euler_timesteps",
     "inference_timesteps",
     "karras_timesteps",
     "make_betas",
@@ -20,4 +22,5 @@ __all__ = [
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
+    "sample_euler",
 ]

@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(gen)
     gen.add_argument("--lora", type=Path, help="LoRA weights (.safetensors or a folder) to apply to the UNet")
     gen.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1)")
-    gen.add_argument("--sampler", help="ddim, ddpm, dpmpp-2m, dpmpp-2m-sde, dpmpp-2m-karras or dpmpp-2m-sde-karras "
-                                        "(default: the model's, else ddim)")
+    gen.add_argument("--sampler", help="ddim, ddpm, dpmpp-2m, dpmpp-2m-sde, dpmpp-2m-karras, dpmpp-2m-sde-karras, "
+                                        "euler or euler-a (default: the model's, else ddim)")
     gen.add_argument("--steps", type=int, help="sampling steps (default 50)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale w (default 7.5; 1 = off)")
     gen.add_argument("--guidance-rescale", type=float, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")

@@ -49,7 +49,7 @@ def dpm_timesteps(num_steps: int, num_train_timesteps: int, spacing: str = "lins
     return [int(t) for t in ts]
 
 
-def _noise_levels(schedule: Schedule) -> np.ndarray:
+def noise_levels(schedule: Schedule) -> np.ndarray:
     """σ/α of every training timestep (ascending in t); ᾱ = 0 (zero terminal SNR) is lifted to 2⁻²⁴."""
     alpha_bar = schedule.alphas_cumprod.clone()
     alpha_bar[alpha_bar == 0] = ZERO_SNR_ALPHA_BAR
@@ -66,7 +66,7 @@ def karras_timesteps(schedule: Schedule, num_steps: int, rho: float = 7.0) -> tu
     T = schedule.num_train_timesteps
     if not isinstance(num_steps, int) or not 1 <= num_steps <= T:
         raise ValueError(f"steps={num_steps!r} must be an integer between 1 and num_train_timesteps={T}")
-    levels = _noise_levels(schedule)
+    levels = noise_levels(schedule)
     ramp = np.linspace(0, 1, num_steps)
     k_max, k_min = levels[-1] ** (1 / rho), levels[0] ** (1 / rho)
     sigmas = (k_max + ramp * (k_min - k_max)) ** rho
@@ -100,7 +100,7 @@ def sample_dpmpp_2m(
     """
     ts = list(timesteps)
     if sigmas is None:
-        levels = _noise_levels(schedule)
+        levels = noise_levels(schedule)
         sigmas = [float(levels[t]) for t in ts]
     elif len(sigmas) != len(ts):
         raise ValueError(f"got {len(sigmas)} noise levels for {len(ts)} timesteps; pass one per timestep")

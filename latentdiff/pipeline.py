@@ -14,11 +14,13 @@ from PIL import Image
 from .guidance import CFGDenoiser, UNetModel
 from .models import Components, decode_latents, encode_prompts, load_components, save_components, to_uint8
 from .dpm_solver import dpm_timesteps, karras_timesteps, sample_dpmpp_2m
+from .euler import euler_timesteps, initial_noise_scale, sample_euler
 from .sampling import randn, sample_ddim, sample_ddpm
 from .schedule import Schedule
 
-# DPM-Solver++ 2M (SDE) is diffusers' DPMSolverMultistepScheduler; "-karras": with use_karras_sigmas=True
-SAMPLERS = ("ddim", "ddpm", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-2m-karras", "dpmpp-2m-sde-karras")
+# DPM-Solver++ 2M (SDE) is diffusers' DPMSolverMultistepScheduler; "-karras": with use_karras_sigmas=True;
+# euler, euler-a: EulerDiscreteScheduler, EulerAncestralDiscreteScheduler
+SAMPLERS = ("ddim", "ddpm", "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-2m-karras", "dpmpp-2m-sde-karras", "euler", "euler-a")
 GENERATION_CONFIG = "latentdiff_generation.json"  # optional per-model defaults in the model folder
 
 
@@ -53,6 +55,10 @@ def sampler_plan(cfg: "GenerationConfig", schedule: Schedule) -> tuple:
         return sample_ddim, schedule.timesteps(cfg.steps), {"eta": cfg.eta}
     if cfg.sampler == "ddpm":
         return sample_ddpm, schedule.timesteps(cfg.steps), {}
+    if cfg.sampler.startswith("euler"):
+        timesteps, sigmas = euler_timesteps(schedule, cfg.steps)
+        return sample_euler, timesteps, {"sigmas": sigmas, "ancestral": cfg.sampler == "euler-a",
+                                         "noise_scale": initial_noise_scale(schedule.timestep_spacing, sigmas)}
     extra = {"sde": "-sde" in cfg.sampler}
     if cfg.sampler.endswith("-karras"):
         timesteps, extra["sigmas"] = karras_timesteps(schedule, cfg.steps)

@@ -8,6 +8,7 @@ import torch
 
 from .analytic import GaussianDenoiser
 from .dpm_solver import dpm_timesteps, sample_dpmpp_2m
+from .euler import euler_timesteps, initial_noise_scale, sample_euler
 from .sampling import ddim_invert, sample_ddim, sample_ddpm
 from .schedule import Schedule
 
@@ -27,9 +28,21 @@ def _reference(cls, config, steps, denoiser, x, seed=None, **step_kwargs):
     return x
 
 
+def _euler_reference(cls, config, steps, denoiser, x, seed):
+    """diffusers' Euler loop as its pipelines run it: scaled initial noise, scaled model inputs."""
+    accepted = inspect.signature(cls.__init__).parameters
+    ref = cls(**{k: v for k, v in config.items() if k in accepted})
+    ref.set_timesteps(steps)
+    generator, y = torch.Generator().manual_seed(seed), x * ref.init_noise_sigma
+    for t in ref.timesteps:
+        y = ref.step(denoiser(ref.scale_model_input(y, t), int(t)), t, y, generator=generator).prev_sample
+    return y
+
+
 def run(steps: int = 50, seed: int = 0) -> list[tuple[str, float, float]]:
     """Rows of (check, measured value, bound); a check passes when value <= bound."""
-    from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import (DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                           EulerAncestralDiscreteScheduler, EulerDiscreteScheduler)
 
     rows = []
     x = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
@@ -56,6 +69,13 @@ def run(steps: int = 50, seed: int = 0) -> list[tuple[str, float, float]]:
             ref = _reference(DPMSolverMultistepScheduler, dict(dpm_config, algorithm_type=name), steps, denoiser, x,
                              seed=1)
             rows.append((f"DPM-Solver++ 2M{' SDE' if sde else ''} vs diffusers ({prediction})", rel(ours, ref), 1e-5))
+        for cls, ancestral in ((EulerDiscreteScheduler, False), (EulerAncestralDiscreteScheduler, True)):
+            euler_ts, sigmas = euler_timesteps(schedule, steps)
+            ours = sample_euler(lambda y, t: denoiser(y, int(t)), x, schedule, euler_ts, sigmas, ancestral=ancestral,
+                                noise_scale=initial_noise_scale(schedule.timestep_spacing, sigmas),
+                                generator=torch.Generator().manual_seed(1))
+            ref = _euler_reference(cls, config, steps, denoiser, x, seed=1)
+            rows.append((f"Euler{' ancestral' if ancestral else ''} vs diffusers ({prediction})", rel(ours, ref), 1e-5))
         x0 = denoiser.mu + denoiser.std * x
         ours = ddim_invert(denoiser, x0, schedule, ts)
         ref = _reference(DDIMInverseScheduler, config, steps, denoiser, x0)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, StableDiffusionPipeline)
 
 from latentdiff.pipeline import Pipeline
 
@@ -53,6 +54,18 @@ def test_dpm_solver_pixel_parity_with_diffusers(tiny_models, key, sampler):
         "a blue cross in the center", steps=20, guidance=6.0, sampler=sampler, seed=11, num_images=2)
     assert max_diff([np.asarray(im) for im in ours], [np.asarray(im) for im in theirs]) <= 1
     assert np.asarray(ours[0]).std() > 5
+
+
+@pytest.mark.parametrize("key", [("epsilon", 8), ("v_prediction", 4), "sd2"])
+@pytest.mark.parametrize("sampler", ["euler", "euler-a"])
+def test_euler_pixel_parity_with_diffusers(tiny_models, key, sampler):
+    path = tiny_models[key]
+    cls = EulerAncestralDiscreteScheduler if sampler == "euler-a" else EulerDiscreteScheduler
+    theirs = diffusers_images(path, cls, "a blue cross in the center", 21, num_inference_steps=20,
+                              guidance_scale=6.0, num_images_per_prompt=1)
+    ours = Pipeline.from_pretrained(path, device="cpu")("a blue cross in the center", steps=20, guidance=6.0,
+                                                        sampler=sampler, seed=21)
+    assert max_diff([np.asarray(im) for im in ours], theirs) <= 1 and np.asarray(ours[0]).std() > 5
 
 
 def test_eta_and_per_image_seeds_match_diffusers(tiny_models):

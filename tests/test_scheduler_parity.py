@@ -199,5 +199,6 @@ def test_selfcheck_passes_and_covers_every_sampler():
     rows = run()
     assert all(value <= bound for _, value, bound in rows), rows
     names = " ".join(name for name, _, _ in rows)
-    for sampler in ("DDIM eta=0", "DDIM eta=1", "DDPM", "DPM-Solver++ 2M vs", "DPM-Solver++ 2M SDE", "inversion"):
+    for sampler in ("DDIM eta=0", "DDIM eta=1", "DDPM", "DPM-Solver++ 2M vs", "DPM-Solver++ 2M SDE", "Euler vs",
+                    "Euler ancestral", "inversion"):
         assert sampler in names

@@ -1,0 +1,94 @@
+"""Euler and Euler ancestral samplers (Karras et al. 2022, Algorithm 1 without churn; k-diffusion's ancestral
+variant) in the noise-level variable k = σ/α, as diffusers' ``EulerDiscreteScheduler`` and
+``EulerAncestralDiscreteScheduler`` run them.
+
+The sampler works on y = x/α = x √(k²+1) (variance exploding: y = x_0 + k ε); the model sees x = y/√(k²+1).
+One step from level k to k' with the data prediction x̂_0:
+
+    Euler:           y' = y + (k' − k) · (y − x̂_0)/k
+    Euler ancestral: k↑ = √(k'² (k² − k'²)/k²),  k↓ = √(k'² − k↑²);  y' = y + (k↓ − k)(y − x̂_0)/k + k↑ z
+
+The last level is 0, where y = x_0. Timesteps, noise levels (linearly interpolated in t, so ``linspace`` spacing
+calls the model at fractional timesteps) and the initial noise scale follow diffusers, so that one seed gives one
+result in both.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .dpm_solver import noise_levels
+from .sampling import Callback, Denoiser, Generators, randn_like
+from .schedule import Schedule, check_choice, x0_eps_coefficients
+
+
+def euler_timesteps(schedule: Schedule, num_steps: int) -> tuple[list[float], list[float]]:
+    """(timesteps, noise levels k = σ/α) for ``num_steps`` steps, spaced as diffusers' Euler schedulers space them.
+
+    ``linspace`` gives fractional timesteps whose levels are interpolated linearly between training timesteps.
+    """
+    spacing, T, N = schedule.timestep_spacing, schedule.num_train_timesteps, num_steps
+    check_choice("timestep_spacing", spacing, ("leading", "trailing", "linspace"))
+    if not isinstance(N, int) or not 1 <= N <= T:
+        raise ValueError(f"steps={N!r} must be an integer between 1 and num_train_timesteps={T}")
+    if spacing == "linspace":
+        ts = np.linspace(0, T - 1, N, dtype=np.float32)[::-1].astype(np.float64)
+    elif spacing == "leading":
+        ts = (np.arange(0, N) * (T // N)).round()[::-1].astype(np.float64) + schedule.steps_offset
+    else:
+        ts = np.arange(T, 0, -T / N).round().astype(np.float64) - 1
+    if ts[0] >= T:
+        raise ValueError(f"steps={N} with timestep_spacing='leading' and steps_offset={schedule.steps_offset} "
+                         f"reaches timestep {ts[0]:g} >= num_train_timesteps={T}; use fewer steps")
+    levels = np.interp(ts, np.arange(T), noise_levels(schedule))
+    return [float(t) for t in ts], [float(k) for k in levels]
+
+
+def initial_noise_scale(spacing: str, sigmas: Sequence[float]) -> float:
+    """What diffusers multiplies N(0, I) noise by to start (``init_noise_sigma``), relative to the exact
+    √(k_max² + 1): for ``linspace`` and ``trailing`` it takes k_max itself, 1/(2 k_max²) less (0.2 % for SD)."""
+    k = max(sigmas)
+    return k / math.sqrt(k * k + 1) if spacing in ("linspace", "trailing") else 1.0
+
+
+def sample_euler(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    schedule: Schedule,
+    timesteps: Sequence[float],
+    sigmas: Sequence[float],
+    *,
+    ancestral: bool = False,
+    noise_scale: float = 1.0,
+    generator: Generators = None,
+    callback: Optional[Callback] = None,
+    disable_progress: bool = True,
+) -> torch.Tensor:
+    """Euler (``ancestral=False``) or Euler ancestral sampling from noise ``x`` ~ N(0, I) over ``timesteps`` and their
+    noise levels ``sigmas`` (:func:`euler_timesteps`); ``noise_scale`` from :func:`initial_noise_scale` matches
+    diffusers' start. The ancestral variant draws z ~ N(0, I) at every step, as diffusers does."""
+    if len(sigmas) != len(timesteps):
+        raise ValueError(f"got {len(sigmas)} noise levels for {len(timesteps)} timesteps; pass one per timestep")
+    y = x * (noise_scale * math.sqrt(sigmas[0] ** 2 + 1))
+    for i, t in enumerate(tqdm(timesteps, disable=disable_progress, desc="Euler a" if ancestral else "Euler")):
+        k, k_next = sigmas[i], (sigmas[i + 1] if i + 1 < len(sigmas) else 0.0)
+        alpha = 1 / math.sqrt(k * k + 1)
+        model_output = denoiser(y * alpha, t)  # 1. predict at x = y/√(k²+1)
+        p, q, _, _ = x0_eps_coefficients(alpha * alpha, schedule.prediction_type)
+        x0 = torch.add(y * (alpha * p), model_output, alpha=q)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": y * alpha, "denoised": x0})
+        k_down, k_up = k_next, 0.0
+        if ancestral:  # 2. split the step into a deterministic part down to k↓ and fresh noise k↑
+            k_up = math.sqrt(k_next**2 * (k * k - k_next**2) / (k * k))
+            k_down = math.sqrt(k_next**2 - k_up**2)
+            noise = randn_like(y, generator)
+        y = torch.add(y * (k_down / k), x0, alpha=1 - k_down / k)  # 3. y + (k↓ − k)(y − x̂_0)/k
+        if ancestral:
+            y = y.add_(noise, alpha=k_up)
+    return y
