@@ -184,11 +184,13 @@ def cmd_eval(args) -> int:
     if args.guidance_rescale is not None and not 0.0 <= args.guidance_rescale <= 1.0:
         raise ValueError(f"--guidance-rescale {args.guidance_rescale} must be in [0, 1]")
     settings = dict(steps=args.steps, sampler=args.sampler, eta=args.eta, guidance_rescale=args.guidance_rescale)
-    pipe.settings(**settings)  # validate before any work
+    cfg = pipe.settings(**settings)  # validate before any work
     prompt_seed = PROMPT_SEED if args.prompt_seed is None else args.prompt_seed
     results = evaluate(pipe, prompt_set(args.seen, args.heldout, seed=prompt_seed), guidances, seeds=args.seeds,
                        out_dir=args.out, progress=not args.quiet,
                        round_trip=lambda images: vae_round_trip(pipe.components, images), **settings)
+    print(f"sampler {cfg.sampler}{f' (eta {cfg.eta:g})' if cfg.sampler == 'ddim' else ''}, {cfg.steps} steps, "
+          f"guidance rescale {cfg.guidance_rescale:g}, {args.seeds} seeds, prompt seed {prompt_seed}")
     print(table(results))
     print(f"('{ROUND_TRIP}': true renderings of the same prompts through the model's VAE alone, the ceiling)")
     print(f"grids and readings in {args.out}/")

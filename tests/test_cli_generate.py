@@ -94,27 +94,28 @@ def test_eval_prints_accuracy_per_guidance_and_the_vae_ceiling(tiny_models, tmp_
     assert list(accuracy) == ["1.0", "3.0", "VAE round trip"]
     assert set(accuracy["VAE round trip"]) == {"seen", "heldout"}
     assert "| VAE round trip | seen |" in out and "| 3 | heldout |" in out
+    assert "sampler ddim (eta 0), 2 steps" in out
     assert (tmp_path / "grid-guidance-3.png").is_file() and (tmp_path / "readings.json").is_file()
 
 
-def test_eval_prompt_seed_draws_another_set_and_rescale_reaches_the_sampler(tiny_models, tmp_path, capsys, monkeypatch):
+def test_eval_prompt_seed_draws_another_set_and_sampler_settings_reach_the_sampler(tiny_models, tmp_path, capsys, monkeypatch):
     import json
 
     from latentdiff.pipeline import Pipeline
 
     passed = []
     generate = Pipeline.generate
-    monkeypatch.setattr(Pipeline, "generate", lambda self, *a, **k: passed.append(k["guidance_rescale"])
-                        or generate(self, *a, **k))
+    monkeypatch.setattr(Pipeline, "generate", lambda self, *a, **k: passed.append((k["guidance_rescale"], k["sampler"],
+                                                                                  k["eta"])) or generate(self, *a, **k))
     captions = {}
     for seed in (None, "999"):
         out = tmp_path / str(seed)
-        extra = ["--prompt-seed", seed, "--guidance-rescale", "0.7"] if seed else []
+        extra = ["--prompt-seed", seed, "--guidance-rescale", "0.7", "--sampler", "ddim", "--eta", "0.5"] if seed else []
         code, _, err = run(capsys, "eval", "--model", str(tiny_models[("v_prediction", 4)]), "--seen", "3",
                            "--heldout", "2", "--seeds", "1", "--steps", "2", "--guidance", "3", "--out", str(out),
                            "-q", *extra)
         assert code == 0, err
         captions[seed] = [r["caption"] for r in json.loads((out / "readings.json").read_text())]
-    assert passed == [None, 0.7] and captions[None] != captions["999"]
+    assert passed == [(None, None, None), (0.7, "ddim", 0.5)] and captions[None] != captions["999"]
     code, _, err = run(capsys, "eval", "--model", str(tiny_models[("v_prediction", 4)]), "--guidance-rescale", "2")
     assert code == 2 and "--guidance-rescale 2.0 must be in [0, 1]" in err and len(err.strip().splitlines()) == 1
