@@ -51,7 +51,7 @@ def broken_model(tiny_models, tmp_path):
     [
         (["generate", "x", "--model", "/nonexistent/model"], "model '/nonexistent/model' does not exist"),
         (["generate", "x", "--model", "BROKEN"], "is missing its vae/ component"),
-        (["generate", "x", "--model", "MODEL", "--sampler", "euler"], "sampler='euler' is not supported; choose one of 'ddim', 'ddpm'"),
+        (["generate", "x", "--model", "MODEL", "--sampler", "heun"], "sampler='heun' is not supported; choose one of 'ddim', 'ddpm', 'dpmpp-2m'"),
         (["generate", "x", "--model", "MODEL", "--steps", "0"], "steps=0 must be an integer between 1 and"),
         (["generate", "x", "--model", "MODEL", "--height", "60"], "height=60 is not a positive multiple of the VAE factor 8"),
         (["generate", "x", "--model", "MODEL", "--width", "33"], "width=33 is not a positive multiple of the VAE factor 8"),
