@@ -30,7 +30,8 @@ from .schedule import Schedule, check_choice, x0_eps_coefficients
 def euler_timesteps(schedule: Schedule, num_steps: int) -> tuple[list[float], list[float]]:
     """(timesteps, noise levels k = σ/α) for ``num_steps`` steps, spaced as diffusers' Euler schedulers space them.
 
-    ``linspace`` gives fractional timesteps whose levels are interpolated linearly between training timesteps.
+    Whole timesteps come back as ints (what a :data:`~latentdiff.sampling.Denoiser` takes); ``linspace`` gives
+    fractional ones, whose levels are interpolated linearly between training timesteps (the UNet takes them).
     """
     spacing, T, N = schedule.timestep_spacing, schedule.num_train_timesteps, num_steps
     check_choice("timestep_spacing", spacing, ("leading", "trailing", "linspace"))
@@ -46,7 +47,7 @@ def euler_timesteps(schedule: Schedule, num_steps: int) -> tuple[list[float], li
         raise ValueError(f"steps={N} with timestep_spacing='leading' and steps_offset={schedule.steps_offset} "
                          f"reaches timestep {ts[0]:g} >= num_train_timesteps={T}; use fewer steps")
     levels = np.interp(ts, np.arange(T), noise_levels(schedule))
-    return [float(t) for t in ts], [float(k) for k in levels]
+    return [int(t) if t.is_integer() else float(t) for t in ts], [float(k) for k in levels]
 
 
 def initial_noise_scale(spacing: str, sigmas: Sequence[float]) -> float:
