@@ -24,10 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .sampling import Callback, Denoiser, Generators, _report, randn_like
-from .schedule import Schedule, check_choice, x0_eps_coefficients
-
-ZERO_SNR_ALPHA_BAR = 2.0**-24  # ᾱ at a zero-SNR step, so that λ stays finite (diffusers' choice)
+from .sampling import Callback, Denoiser, Generators, randn_like
+from .schedule import TIMESTEP_SPACINGS, Schedule, check_choice, check_steps, noise_levels, x0_eps_coefficients
 
 
 def dpm_timesteps(num_steps: int, num_train_timesteps: int, spacing: str = "linspace",
@@ -36,10 +34,9 @@ def dpm_timesteps(num_steps: int, num_train_timesteps: int, spacing: str = "lins
 
     Unlike DDIM's spacing, ``linspace`` and ``leading`` divide the range into N + 1 parts and drop the last.
     """
-    check_choice("timestep_spacing", spacing, ("leading", "trailing", "linspace"))
+    check_choice("timestep_spacing", spacing, TIMESTEP_SPACINGS)
+    check_steps(num_steps, num_train_timesteps)
     T, N = num_train_timesteps, num_steps
-    if not isinstance(N, int) or not 1 <= N <= T:
-        raise ValueError(f"steps={N!r} must be an integer between 1 and num_train_timesteps={T}")
     if spacing == "linspace":
         ts = np.linspace(0, T - 1, N + 1).round()[::-1][:-1].astype(np.int64)
     elif spacing == "leading":
@@ -47,13 +44,6 @@ def dpm_timesteps(num_steps: int, num_train_timesteps: int, spacing: str = "lins
     else:
         ts = np.arange(T, 0, -T / N).round().astype(np.int64) - 1
     return [int(t) for t in ts]
-
-
-def noise_levels(schedule: Schedule) -> np.ndarray:
-    """σ/α of every training timestep (ascending in t); ᾱ = 0 (zero terminal SNR) is lifted to 2⁻²⁴."""
-    alpha_bar = schedule.alphas_cumprod.clone()
-    alpha_bar[alpha_bar == 0] = ZERO_SNR_ALPHA_BAR
-    return ((1 - alpha_bar) / alpha_bar).sqrt().numpy()
 
 
 def karras_timesteps(schedule: Schedule, num_steps: int, rho: float = 7.0) -> tuple[list[int], list[float]]:
@@ -64,9 +54,8 @@ def karras_timesteps(schedule: Schedule, num_steps: int, rho: float = 7.0) -> tu
     (it keeps fractional timesteps for squaredcos_cap_v2 schedules; we round those too).
     """
     T = schedule.num_train_timesteps
-    if not isinstance(num_steps, int) or not 1 <= num_steps <= T:
-        raise ValueError(f"steps={num_steps!r} must be an integer between 1 and num_train_timesteps={T}")
-    levels = noise_levels(schedule)
+    check_steps(num_steps, T)
+    levels = noise_levels(schedule.alphas_cumprod)
     ramp = np.linspace(0, 1, num_steps)
     k_max, k_min = levels[-1] ** (1 / rho), levels[0] ** (1 / rho)
     sigmas = (k_max + ramp * (k_min - k_max)) ** rho
@@ -100,17 +89,18 @@ def sample_dpmpp_2m(
     """
     ts = list(timesteps)
     if sigmas is None:
-        levels = noise_levels(schedule)
+        levels = noise_levels(schedule.alphas_cumprod)
         sigmas = [float(levels[t]) for t in ts]
     elif len(sigmas) != len(ts):
         raise ValueError(f"got {len(sigmas)} noise levels for {len(ts)} timesteps; pass one per timestep")
     previous: Optional[tuple[torch.Tensor, float]] = None  # (x̂_0, λ) of the last step
     for i, t in enumerate(tqdm(ts, disable=disable_progress, desc="DPM++ 2M SDE" if sde else "DPM++ 2M")):
         model_output = denoiser(x, t)  # 1. predict, as data
-        _report(callback, i, t, x, model_output, schedule)
         alpha_s, sigma_s, lambda_s = _alpha_sigma_lambda(sigmas[i])
         p, q, _, _ = x0_eps_coefficients(alpha_s**2, schedule.prediction_type)
         x0 = torch.add(x * p, model_output, alpha=q)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "denoised": x0})
         noise = randn_like(x, generator) if sde else None  # 2. drawn every step, as diffusers does
         if i == len(ts) - 1:  # 3a. the last step lands on σ = 0: x_0 = x̂_0
             x = x0
@@ -118,9 +108,10 @@ def sample_dpmpp_2m(
             alpha_t, sigma_t, lambda_t = _alpha_sigma_lambda(sigmas[i + 1])
             h = lambda_t - lambda_s
             d = x0
-            if previous is not None:
+            if previous is not None:  # D0 + D1/2 = x̂_0 + c (x̂_0 − x̂_0,prev)
                 x0_prev, lambda_prev = previous
-                d = x0 + (x0 - x0_prev) * (0.5 * h / (lambda_s - lambda_prev))  # D0 + D1/2
+                c = 0.5 * h / (lambda_s - lambda_prev)
+                d = torch.add(x0 * (1 + c), x0_prev, alpha=-c)
             if sde:
                 x = torch.add(x * (sigma_t / sigma_s * math.exp(-h)), d, alpha=alpha_t * -math.expm1(-2 * h))
                 x = x.add_(noise, alpha=sigma_t * math.sqrt(-math.expm1(-2 * h)))

@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .dpm_solver import noise_levels
 from .sampling import Callback, Denoiser, Generators, randn_like
-from .schedule import Schedule, check_choice, x0_eps_coefficients
+from .schedule import Schedule, check_steps, noise_levels, x0_eps_coefficients
 
 
 def euler_timesteps(schedule: Schedule, num_steps: int) -> tuple[list[float], list[float]]:
@@ -33,20 +32,13 @@ def euler_timesteps(schedule: Schedule, num_steps: int) -> tuple[list[float], li
     Whole timesteps come back as ints (what a :data:`~latentdiff.sampling.Denoiser` takes); ``linspace`` gives
     fractional ones, whose levels are interpolated linearly between training timesteps (the UNet takes them).
     """
-    spacing, T, N = schedule.timestep_spacing, schedule.num_train_timesteps, num_steps
-    check_choice("timestep_spacing", spacing, ("leading", "trailing", "linspace"))
-    if not isinstance(N, int) or not 1 <= N <= T:
-        raise ValueError(f"steps={N!r} must be an integer between 1 and num_train_timesteps={T}")
-    if spacing == "linspace":
+    T, N = schedule.num_train_timesteps, num_steps
+    if schedule.timestep_spacing == "linspace":  # unrounded, unlike DDIM's
+        check_steps(N, T)
         ts = np.linspace(0, T - 1, N, dtype=np.float32)[::-1].astype(np.float64)
-    elif spacing == "leading":
-        ts = (np.arange(0, N) * (T // N)).round()[::-1].astype(np.float64) + schedule.steps_offset
-    else:
-        ts = np.arange(T, 0, -T / N).round().astype(np.float64) - 1
-    if ts[0] >= T:
-        raise ValueError(f"steps={N} with timestep_spacing='leading' and steps_offset={schedule.steps_offset} "
-                         f"reaches timestep {ts[0]:g} >= num_train_timesteps={T}; use fewer steps")
-    levels = np.interp(ts, np.arange(T), noise_levels(schedule))
+    else:  # leading and trailing as DDIM spaces them
+        ts = np.array(schedule.timesteps(N), dtype=np.float64)
+    levels = np.interp(ts, np.arange(T), noise_levels(schedule.alphas_cumprod))
     return [int(t) if t.is_integer() else float(t) for t in ts], [float(k) for k in levels]
 
 
@@ -79,11 +71,12 @@ def sample_euler(
     for i, t in enumerate(tqdm(timesteps, disable=disable_progress, desc="Euler a" if ancestral else "Euler")):
         k, k_next = sigmas[i], (sigmas[i + 1] if i + 1 < len(sigmas) else 0.0)
         alpha = 1 / math.sqrt(k * k + 1)
-        model_output = denoiser(y * alpha, t)  # 1. predict at x = y/√(k²+1)
+        x = y * alpha
+        model_output = denoiser(x, t)  # 1. predict at x = y/√(k²+1)
         p, q, _, _ = x0_eps_coefficients(alpha * alpha, schedule.prediction_type)
-        x0 = torch.add(y * (alpha * p), model_output, alpha=q)
+        x0 = torch.add(x * p, model_output, alpha=q)
         if callback is not None:
-            callback({"i": i, "t": t, "x": y * alpha, "denoised": x0})
+            callback({"i": i, "t": t, "x": x, "denoised": x0})
         k_down, k_up = k_next, 0.0
         if ancestral:  # 2. split the step into a deterministic part down to k↓ and fresh noise k↑
             k_up = math.sqrt(k_next**2 * (k * k - k_next**2) / (k * k))

@@ -11,10 +11,10 @@ from typing import Optional, Sequence, Union
 import torch
 from PIL import Image
 
-from .guidance import CFGDenoiser, UNetModel
-from .models import Components, decode_latents, encode_prompts, load_components, save_components, to_uint8
 from .dpm_solver import dpm_timesteps, karras_timesteps, sample_dpmpp_2m
 from .euler import euler_timesteps, initial_noise_scale, sample_euler
+from .guidance import CFGDenoiser, UNetModel
+from .models import Components, decode_latents, encode_prompts, load_components, save_components, to_uint8
 from .sampling import randn, sample_ddim, sample_ddpm
 from .schedule import Schedule
 

@@ -59,6 +59,25 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1 - alphas
 
 
+def check_steps(num_steps, num_train_timesteps: int) -> None:
+    """Raise a ValueError naming ``steps`` unless it is an integer in [1, num_train_timesteps]."""
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(
+            f"steps={num_steps!r} must be an integer between 1 and num_train_timesteps={num_train_timesteps}"
+        )
+
+
+ZERO_SNR_ALPHA_BAR = 2.0**-24  # ᾱ given to a zero-SNR step by samplers that need a finite σ/α (diffusers' choice)
+
+
+def noise_levels(alphas_cumprod: torch.Tensor) -> np.ndarray:
+    """k = σ/α = √((1−ᾱ)/ᾱ) of every training timestep (ascending in t), as the σ-based samplers (DPM-Solver,
+    Euler) use them; ᾱ = 0 (zero terminal SNR) is lifted to 2⁻²⁴ so that k stays finite."""
+    alpha_bar = alphas_cumprod.double().clone()
+    alpha_bar[alpha_bar == 0] = ZERO_SNR_ALPHA_BAR
+    return ((1 - alpha_bar) / alpha_bar).sqrt().numpy()
+
+
 def inference_timesteps(
     num_steps: int, num_train_timesteps: int, spacing: str = "leading", steps_offset: int = 0
 ) -> list[int]:
@@ -68,10 +87,7 @@ def inference_timesteps(
     steps of T/N; ``linspace``: N points rounded from [0, T−1] (Lin et al. 2023, Table 2).
     """
     check_choice("timestep_spacing", spacing, TIMESTEP_SPACINGS)
-    if not isinstance(num_steps, int) or not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(
-            f"steps={num_steps!r} must be an integer between 1 and num_train_timesteps={num_train_timesteps}"
-        )
+    check_steps(num_steps, num_train_timesteps)
     T, N = num_train_timesteps, num_steps
     if spacing == "linspace":
         ts = np.linspace(0, T - 1, N).round()[::-1].astype(np.int64)

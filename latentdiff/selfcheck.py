@@ -18,25 +18,17 @@ SD_CONFIG = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.0
 
 
 def _reference(cls, config, steps, denoiser, x, seed=None, **step_kwargs):
+    """diffusers' loop as its pipelines run it: initial noise scaled by ``init_noise_sigma`` and each model input
+    by ``scale_model_input`` (both the identity for DDIM, DDPM and DPM-Solver; not for Euler)."""
     accepted = inspect.signature(cls.__init__).parameters
     ref = cls(**{k: v for k, v in config.items() if k in accepted})
     ref.set_timesteps(steps)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    x = x * ref.init_noise_sigma
     for t in ref.timesteps:
         kwargs = dict(step_kwargs, generator=generator) if seed is not None else step_kwargs
-        x = ref.step(denoiser(x, int(t)), t, x, **kwargs).prev_sample
+        x = ref.step(denoiser(ref.scale_model_input(x, t), int(t)), t, x, **kwargs).prev_sample
     return x
-
-
-def _euler_reference(cls, config, steps, denoiser, x, seed):
-    """diffusers' Euler loop as its pipelines run it: scaled initial noise, scaled model inputs."""
-    accepted = inspect.signature(cls.__init__).parameters
-    ref = cls(**{k: v for k, v in config.items() if k in accepted})
-    ref.set_timesteps(steps)
-    generator, y = torch.Generator().manual_seed(seed), x * ref.init_noise_sigma
-    for t in ref.timesteps:
-        y = ref.step(denoiser(ref.scale_model_input(y, t), int(t)), t, y, generator=generator).prev_sample
-    return y
 
 
 def run(steps: int = 50, seed: int = 0) -> list[tuple[str, float, float]]:
@@ -65,16 +57,14 @@ def run(steps: int = 50, seed: int = 0) -> list[tuple[str, float, float]]:
             name = "sde-dpmsolver++" if sde else "dpmsolver++"
             ours = sample_dpmpp_2m(denoiser, x, schedule, dpm_timesteps(steps, 1000, "leading", 1), sde=sde,
                                    generator=torch.Generator().manual_seed(1))
-            dpm_config = {k: v for k, v in config.items() if k != "clip_sample"}
-            ref = _reference(DPMSolverMultistepScheduler, dict(dpm_config, algorithm_type=name), steps, denoiser, x,
-                             seed=1)
+            ref = _reference(DPMSolverMultistepScheduler, dict(config, algorithm_type=name), steps, denoiser, x, seed=1)
             rows.append((f"DPM-Solver++ 2M{' SDE' if sde else ''} vs diffusers ({prediction})", rel(ours, ref), 1e-5))
         for cls, ancestral in ((EulerDiscreteScheduler, False), (EulerAncestralDiscreteScheduler, True)):
             euler_ts, sigmas = euler_timesteps(schedule, steps)
-            ours = sample_euler(lambda y, t: denoiser(y, int(t)), x, schedule, euler_ts, sigmas, ancestral=ancestral,
+            ours = sample_euler(denoiser, x, schedule, euler_ts, sigmas, ancestral=ancestral,
                                 noise_scale=initial_noise_scale(schedule.timestep_spacing, sigmas),
                                 generator=torch.Generator().manual_seed(1))
-            ref = _euler_reference(cls, config, steps, denoiser, x, seed=1)
+            ref = _reference(cls, config, steps, denoiser, x, seed=1)
             rows.append((f"Euler{' ancestral' if ancestral else ''} vs diffusers ({prediction})", rel(ours, ref), 1e-5))
         x0 = denoiser.mu + denoiser.std * x
         ours = ddim_invert(denoiser, x0, schedule, ts)
