@@ -146,6 +146,7 @@ def cmd_generate(args) -> int:
                     guidance_rescale=args.guidance_rescale, sampler=args.sampler, eta=args.eta, seed=args.seed,
                     num_images=args.num_images, height=args.height, width=args.width)
     cfg = pipe.settings(**settings)  # validate before any work
+    check_eta_use(args.eta, cfg.sampler)
     paths = output_paths(args.output, len(prompts) * cfg.num_images)
     check_writable(paths[0])
     results = pipe.generate(prompts, progress=not args.quiet, **settings)
@@ -157,6 +158,12 @@ def cmd_generate(args) -> int:
         save_png(grid([r.image for r in results], columns=cfg.num_images if len(prompts) > 1 else None), path)
         print(path)
     return 0
+
+
+def check_eta_use(eta, sampler: str) -> None:
+    """A given --eta means DDIM's η; with another sampler it would be ignored, so say so instead."""
+    if eta is not None and sampler != "ddim":
+        raise ValueError(f"--eta sets DDIM's η but the sampler is {sampler!r}; drop --eta or use --sampler ddim")
 
 
 def resolve_model(model):
@@ -185,6 +192,7 @@ def cmd_eval(args) -> int:
         raise ValueError(f"--guidance-rescale {args.guidance_rescale} must be in [0, 1]")
     settings = dict(steps=args.steps, sampler=args.sampler, eta=args.eta, guidance_rescale=args.guidance_rescale)
     cfg = pipe.settings(**settings)  # validate before any work
+    check_eta_use(args.eta, cfg.sampler)
     prompt_seed = PROMPT_SEED if args.prompt_seed is None else args.prompt_seed
     results = evaluate(pipe, prompt_set(args.seen, args.heldout, seed=prompt_seed), guidances, seeds=args.seeds,
                        out_dir=args.out, progress=not args.quiet,

@@ -60,6 +60,8 @@ def broken_model(tiny_models, tmp_path):
         (["generate", "--model", "MODEL"], "no prompt given"),
         (["generate", "--model", "MODEL", "--from-file", "EMPTY"], "no prompt given"),
         (["generate", "x", "--model", "MODEL", "--eta", "-1"], "eta=-1.0 must be >= 0"),
+        (["generate", "x", "--model", "MODEL", "--sampler", "euler-a", "--eta", "1"], "--eta sets DDIM's η but the "
+         "sampler is 'euler-a'; drop --eta or use --sampler ddim"),
         (["generate", "x", "--model", "MODEL", "--num-images", "0"], "num_images=0 must be at least 1"),
     ],
 )
