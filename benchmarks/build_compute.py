@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 def vae_step(cfg: dict):
     from diffusers import AutoencoderKL
 
-    from latentdiff.stages.vae import _VAELoss, vae_config
+    from latentdiff.build.vae import _VAELoss, vae_config
 
     model = _VAELoss(AutoencoderKL(**vae_config(cfg["block_out_channels"], layers_per_block=cfg["layers_per_block"],
                                                 norm_num_groups=cfg["norm_num_groups"], sample_size=64)))
@@ -43,7 +43,7 @@ def vae_step(cfg: dict):
 def clip_step(cfg: dict):
     import open_clip
 
-    from latentdiff.stages.clip import clip_config, create_clip, tokenize_captions
+    from latentdiff.build.clip import clip_config, create_clip, tokenize_captions
 
     model = create_clip(clip_config(**{k: cfg[k] for k in ("embed_dim", "vision_width", "vision_layers", "text_width",
                                                             "text_layers", "heads", "context_length")}))
@@ -90,7 +90,7 @@ def seconds_per_step(model, loss, steps: int) -> float:
 def stages(folder: Path):
     """(name, steps, batch, network, builder) of every training stage of a recipe folder (with its inherited files);
     ``network`` tells stages with the same network and batch apart from others."""
-    from latentdiff.shapes.build import Recipe
+    from latentdiff.build.recipe import Recipe
 
     recipe = Recipe(folder)
     vae, clip = recipe.read("vae.yaml"), recipe.read("clip.yaml")

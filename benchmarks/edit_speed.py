@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from latentdiff.edit.evaluate import _decode, shapes_examples  # noqa: E402
-from latentdiff.edit.image_input import encode_image  # noqa: E402
+from latentdiff.shapes.evaluate_edit import _decode, shapes_examples  # noqa: E402
+from latentdiff.pipelines.image_input import encode_image  # noqa: E402
 from latentdiff.edit.inversion import NTI_FAST, NTI_REFERENCE, invert, reconstruct  # noqa: E402
-from latentdiff.metrics import psnr  # noqa: E402
+from latentdiff.edit.metrics import psnr  # noqa: E402
 from latentdiff.models import DEFAULT_MODEL, load_components  # noqa: E402
 
 

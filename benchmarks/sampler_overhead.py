@@ -17,10 +17,10 @@ import torch
 from diffusers import (DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
                        EulerAncestralDiscreteScheduler, EulerDiscreteScheduler)
 
-from latentdiff.dpm_solver import dpm_timesteps, sample_dpmpp_2m
-from latentdiff.euler import euler_timesteps, sample_euler
-from latentdiff.sampling import ddim_invert, sample_ddim, sample_ddpm
-from latentdiff.schedule import Schedule
+from latentdiff.core.dpm_solver import dpm_timesteps, sample_dpmpp_2m
+from latentdiff.core.euler import euler_timesteps, sample_euler
+from latentdiff.core.sampling import ddim_invert, sample_ddim, sample_ddpm
+from latentdiff.core.schedule import Schedule
 
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
           clip_sample=False, set_alpha_to_one=False, prediction_type="epsilon")

@@ -36,7 +36,7 @@ def build(folder: Path, resolution: int) -> tuple[Path, Path]:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from latentdiff.shapes import render_dataset
-    from latentdiff.tokenizer import build_clip_tokenizer
+    from latentdiff.models.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -60,8 +60,8 @@ def build(folder: Path, resolution: int) -> tuple[Path, Path]:
 
 
 def run_ours(model: Path, data: Path, out: Path, steps: int, batch: int, resolution: int, cache: bool) -> float:
-    from latentdiff.config import load_config
-    from latentdiff.train import train
+    from latentdiff.training.config import load_config
+    from latentdiff.training.train import train
 
     cfg = load_config(None, [f"model.pretrained={model}", f"data.root={data}", f"data.resolution={resolution}",
                              f"data.cache={str(cache).lower()}", f"data.cache_dir={out.parent / 'cache'}",
@@ -85,7 +85,7 @@ def reference_loop(model: Path, data: Path, steps: int, batch: int, resolution: 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from latentdiff.data import Transform, load_image, scan_dataset
+    from latentdiff.training.data import Transform, load_image, scan_dataset
 
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae").requires_grad_(False)
     text = CLIPTextModel.from_pretrained(model, subfolder="text_encoder").requires_grad_(False)

@@ -1,10 +1,10 @@
 """latentdiff: latent diffusion text-to-image, fine-tuning and editing, numerically equal to diffusers."""
 
-from .dpm_solver import dpm_timesteps, karras_timesteps, sample_dpmpp_2m
-from .euler import euler_timesteps, sample_euler
-from .guidance import CFGDenoiser, rescale_guidance
-from .sampling import ddim_invert, ddim_step, ddpm_step, sample_ddim, sample_ddpm
-from .schedule import Schedule, inference_timesteps, make_betas
+from .core.dpm_solver import dpm_timesteps, karras_timesteps, sample_dpmpp_2m
+from .core.euler import euler_timesteps, sample_euler
+from .core.guidance import CFGDenoiser, rescale_guidance
+from .core.sampling import ddim_invert, ddim_step, ddpm_step, sample_ddim, sample_ddpm
+from .core.schedule import Schedule, inference_timesteps, make_betas
 
 __version__ = "0.1.0"
 __all__ = [

@@ -5,9 +5,10 @@ import torch
 
 from latentdiff.edit.alignment import refinement_mapper, word_positions
 from latentdiff.edit.attention import AttentionController, PromptToPromptProcessor
-from latentdiff.guidance import CFGDenoiser, UNetModel
-from latentdiff.models import encode_prompts, load_components
-from latentdiff.sampling import ddim_step
+from latentdiff.core.guidance import CFGDenoiser, UNetModel
+from latentdiff.pipelines.prompts import encode_prompts
+from latentdiff.models import load_components
+from latentdiff.core.sampling import ddim_step
 
 STEPS = 4
 
@@ -154,7 +155,7 @@ def test_refinement_alignment_and_word_positions(tiny):
 
 def test_blend_mask_from_word_maps():
     """Source map peaked at one 4×4 cell, target map empty: pool 3×3, upsample ×2, normalise, threshold."""
-    from latentdiff.tokenizer import build_clip_tokenizer
+    from latentdiff.models.tokenizer import build_clip_tokenizer
 
     control = AttentionController(build_clip_tokenizer(16), "a red circle", "a blue circle", STEPS,
                                   blend_words=["circle"])

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from latentdiff.guidance import CFGDenoiser
-from latentdiff.sampling import sample_ddim
-from latentdiff.schedule import Schedule, make_betas
+from latentdiff.core.guidance import CFGDenoiser
+from latentdiff.core.sampling import sample_ddim
+from latentdiff.core.schedule import Schedule, make_betas
 
 from fakes import fake_denoiser
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from latentdiff.cli import main
-from latentdiff.images import read_params
+from latentdiff.pipelines.images import read_params
 
 
 @pytest.fixture()
@@ -150,7 +150,7 @@ def test_eval_edit_reports_every_method_against_the_vae_ceiling(tiny_models, tmp
 
 
 def test_word_swap_ceiling_draws_the_true_edit():
-    from latentdiff.edit.evaluate import iou, shapes_examples, swap_color, true_edit
+    from latentdiff.shapes.evaluate_edit import iou, shapes_examples, swap_color, true_edit
     from latentdiff.shapes.analyze import analyze, object_mask
 
     rng = np.random.default_rng(0)

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from latentdiff.cli import main
-from latentdiff.images import read_params
-from latentdiff.pipeline import Pipeline
+from latentdiff.pipelines.images import read_params
+from latentdiff.pipelines import Pipeline
 
 
 def run(capsys, *argv):
@@ -103,7 +103,7 @@ def test_eval_prints_accuracy_per_guidance_and_the_vae_ceiling(tiny_models, tmp_
 def test_eval_prompt_seed_draws_another_set_and_sampler_settings_reach_the_sampler(tiny_models, tmp_path, capsys, monkeypatch):
     import json
 
-    from latentdiff.pipeline import Pipeline
+    from latentdiff.pipelines import Pipeline
 
     passed = []
     generate = Pipeline.generate

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from latentdiff.cli import main
-from latentdiff.config import load_config
+from latentdiff.training.config import load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -1,4 +1,4 @@
-"""latentdiff.data: scanning image–caption folders, image decoding, transforms, determinism, bad data."""
+"""latentdiff.training.data: scanning image–caption folders, image decoding, transforms, determinism, bad data."""
 
 import hashlib
 import io
@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from latentdiff import data
-from latentdiff.data import ImageCaptionDataset, Transform, load_image, pick_caption, scan_dataset, to_rgb
+from latentdiff.training import data
+from latentdiff.training.data import ImageCaptionDataset, Transform, load_image, pick_caption, scan_dataset
+from latentdiff.pipelines.image_input import to_rgb
 
 
 def save(path, image=None, **kwargs):
@@ -249,7 +250,7 @@ def check_report(report, caplog, expected, usable):
     for name, reason in expected.items():
         by_reason.setdefault(reason, []).append(name)
     assert {r: sorted(n) for r, n in report.skipped.items()} == {r: sorted(n) for r, n in by_reason.items()}
-    lines = [r.getMessage() for r in caplog.records if r.name == "latentdiff.data" and r.levelno == logging.WARNING]
+    lines = [r.getMessage() for r in caplog.records if r.name == "latentdiff.training.data" and r.levelno == logging.WARNING]
     for name, reason in expected.items():
         if reason != data.UNLISTED:
             assert len([line for line in lines if line.startswith(f"skipped '{name}': {reason}")]) == 1, name
@@ -279,7 +280,7 @@ def test_every_kind_of_bad_metadata_dataset_is_skipped_and_counted(tmp_path, cap
                      str(outside): data.OUTSIDE, "escape.png": data.OUTSIDE, "anim.gif": data.UNSUPPORTED,
                      "nocap.png": data.NO_CAPTION, "blank.png": data.NO_CAPTION, "latin1.png": data.NOT_UTF8,
                      f"metadata.jsonl line {len(rows)}": data.BAD_ROW, "unlisted.png": data.UNLISTED})
-    with caplog.at_level(logging.INFO, logger="latentdiff.data"):
+    with caplog.at_level(logging.INFO, logger="latentdiff.training.data"):
         report = scan_dataset(root)
     check_report(report, caplog, expected, usable=1)
     assert captions(report) == {"good.png": ("ok",)}
@@ -308,7 +309,7 @@ def test_every_kind_of_bad_txt_dataset_is_skipped_and_counted(tmp_path, caplog, 
     (root / "sub" / "blank.txt").write_bytes(b" \n\t")
     (root / "latin1.txt").write_bytes(b"caf\xe9")
     make_unreadable([root / "lockedcap.txt", root / "locked.png"], monkeypatch)
-    with caplog.at_level(logging.INFO, logger="latentdiff.data"):
+    with caplog.at_level(logging.INFO, logger="latentdiff.training.data"):
         report = scan_dataset(root)
     check_report(report, caplog, expected, usable=1)
     assert captions(report) == {"good.png": ("a caption",)}
@@ -321,7 +322,7 @@ def test_zero_usable_samples_and_missing_folder_are_clear_errors(tmp_path, caplo
     with pytest.raises(ValueError, match=r"no usable images in dataset folder '.*empty'.*no images found"):
         scan_dataset(tmp_path / "empty")
     save(tmp_path / "bad" / "a.png")
-    with caplog.at_level(logging.INFO, logger="latentdiff.data"):
+    with caplog.at_level(logging.INFO, logger="latentdiff.training.data"):
         with pytest.raises(ValueError, match=r"dataset folder '.*bad'.*\.txt caption.*missing caption: 1$"):
             scan_dataset(tmp_path / "bad")
     assert "dataset '" in caplog.text and "0 usable image(s), 1 skipped (missing caption: 1)" in caplog.text

@@ -32,7 +32,7 @@ def test_same_image_as_diffusers():
     be finite before the comparison. Where diffusers' own float32 run gives NaN, ours must still be finite."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from latentdiff.pipeline import Pipeline
+    from latentdiff.pipelines import Pipeline
 
     prompt = "a large red circle in the top left corner on a white background"
     pipe = Pipeline.from_pretrained(DEFAULT_MODEL, device="cpu")
@@ -89,7 +89,7 @@ def test_adherence_and_vae_ceiling_stay_at_version_6_levels():
     where 4 seeds on two prompt sets read 89.6 and 91.7 %. Version 5 fails it (VAE shape ceiling 91 %,
     held-out shape 73 % over 2 seeds, seen color 90 %), version 4 too (held-out color 71 %, position 79 %)."""
     from latentdiff.models import vae_round_trip
-    from latentdiff.pipeline import Pipeline
+    from latentdiff.pipelines import Pipeline
     from latentdiff.shapes.evaluate import evaluate, prompt_set, round_trip_ceiling
 
     pipe = Pipeline.from_pretrained(DEFAULT_MODEL, device="cpu")
@@ -109,7 +109,7 @@ def test_editing_the_default_model_reconstructs_and_swaps_colors():
     keep near the true edit's ceiling (version 6: target color 100 %, mask IoU ≥ 0.8 88 %; ceiling 100 / 100 %;
     version 5: 88 / 75 %, ceiling 100 / 88 %); npi on the fixed-point pivot is within 0.3 dB of the VAE round
     trip (39.45 vs 39.73 dB; on a plain pivot a zero-SNR model gives it back at 13.5 dB)."""
-    from latentdiff.edit.evaluate import evaluate_editing
+    from latentdiff.shapes.evaluate_edit import evaluate_editing
     from latentdiff.models import load_components
 
     summary = evaluate_editing(load_components(DEFAULT_MODEL, device="cpu"), 8, ("direct", "npi"))
@@ -125,7 +125,7 @@ def test_ddpm_word_swaps_meet_the_issue_target():
     """Issue 6's word-swap target on 16 images with the default method: the analyzer reads the target color on
     ≥ 90 % and the object mask keeps IoU ≥ 0.8 on ≥ 90 % (version 6, seed 0: 100 % and 94 %; on 32 images 100 %
     and 91 %), and the reconstruction is exact (the VAE round trip)."""
-    from latentdiff.edit.evaluate import evaluate_editing
+    from latentdiff.shapes.evaluate_edit import evaluate_editing
     from latentdiff.models import load_components
 
     summary = evaluate_editing(load_components(DEFAULT_MODEL, device="cpu"), 16, ("ddpm",))
@@ -139,7 +139,7 @@ def test_gpu_recipe_resolves_every_stage_and_matches_the_shipped_vae():
     import json
     from pathlib import Path
 
-    from latentdiff.shapes.build import Recipe
+    from latentdiff.build.recipe import Recipe
 
     recipe = Recipe(Path(__file__).parents[1] / "configs" / "shapes-gpu")
     for name in ("world.yaml", "vae.yaml", "clip.yaml", "unet.yaml", "unet-finetune.yaml", "scheduler.json",
@@ -156,7 +156,7 @@ def test_null_text_inversion_is_within_1_db_of_the_vae_round_trip():
     steps, version 6 is 0.75 dB under the VAE round trip (40.40 dB; the preset up to version 5, one Adam update
     at lr 0.14 per step, is 2.10 dB under it and fails); 8 images at the issue's 50 steps, 0.87 dB under
     (39.73 dB). (8 images at 30 steps: 1.03 dB, two chaotic images set the mean; benchmarks/README.md.)"""
-    from latentdiff.edit.evaluate import evaluate_editing
+    from latentdiff.shapes.evaluate_edit import evaluate_editing
     from latentdiff.models import load_components
 
     components = load_components(DEFAULT_MODEL, device="cpu")

@@ -7,10 +7,10 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from latentdiff.analytic import GaussianDenoiser
-from latentdiff.dpm_solver import dpm_timesteps, karras_timesteps, sample_dpmpp_2m
-from latentdiff.sampling import sample_ddim
-from latentdiff.schedule import Schedule
+from latentdiff.core.analytic import GaussianDenoiser
+from latentdiff.core.dpm_solver import dpm_timesteps, karras_timesteps, sample_dpmpp_2m
+from latentdiff.core.sampling import sample_ddim
+from latentdiff.core.schedule import Schedule
 
 from fakes import fake_denoiser, rel_err
 

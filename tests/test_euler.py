@@ -6,9 +6,9 @@ import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
-from latentdiff.analytic import GaussianDenoiser
-from latentdiff.euler import euler_timesteps, initial_noise_scale, sample_euler
-from latentdiff.schedule import Schedule
+from latentdiff.core.analytic import GaussianDenoiser
+from latentdiff.core.euler import euler_timesteps, initial_noise_scale, sample_euler
+from latentdiff.core.schedule import Schedule
 
 from fakes import fake_denoiser, rel_err
 

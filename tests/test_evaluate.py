@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from latentdiff.pipeline import Generated
+from latentdiff.pipelines import Generated
 from latentdiff.shapes.evaluate import canonical_caption, evaluate, prompt_set, table
 from latentdiff.shapes.render import render
 from latentdiff.shapes.world import ATTRIBUTES, HELD_OUT

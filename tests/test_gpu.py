@@ -38,7 +38,7 @@ def _diffusers_fp16(path, scheduler_cls, prompt, seed, float64_table=False, **kw
 
 
 def test_auto_picks_cuda_and_fp16(tiny_models):
-    from latentdiff.pipeline import Pipeline
+    from latentdiff.pipelines import Pipeline
 
     pipe = Pipeline.from_pretrained(tiny_models[("epsilon", 8)])
     assert pipe.components.device.type == "cuda" and pipe.components.dtype == torch.float16
@@ -51,7 +51,7 @@ def test_auto_picks_cuda_and_fp16(tiny_models):
 def test_fp16_on_cuda_matches_diffusers_fp16_on_cuda(tiny_models, key, sampler):
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    from latentdiff.pipeline import Pipeline
+    from latentdiff.pipelines import Pipeline
 
     path, prompt, seed = tiny_models[key], "a red circle on a blue background", 1234
     cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
@@ -71,7 +71,7 @@ def test_default_model_fp16_on_cuda_matches_diffusers_and_keeps_adherence():
     hold in fp16: no overflow or drift from half precision."""
     from diffusers import DDIMScheduler
 
-    from latentdiff.pipeline import Pipeline
+    from latentdiff.pipelines import Pipeline
     from latentdiff.shapes.evaluate import evaluate, prompt_set
 
     prompt = "a large red circle in the top left corner on a white background"
@@ -112,8 +112,8 @@ def test_mixed_precision_training_on_cuda_lowers_the_loss(tiny_models, dataset, 
     from accelerate.state import AcceleratorState
     from safetensors.torch import load_file
 
-    from latentdiff.config import load_config
-    from latentdiff.train import train
+    from latentdiff.training.config import load_config
+    from latentdiff.training.train import train
 
     AcceleratorState._reset_state(reset_partial_state=True)
     model = tiny_models[("epsilon", 8)]
@@ -136,8 +136,8 @@ def test_resume_on_cuda_matches_a_straight_run(tiny_models, dataset, tmp_path):
     from accelerate.state import AcceleratorState
     from safetensors.torch import load_file
 
-    from latentdiff.config import load_config
-    from latentdiff.train import train
+    from latentdiff.training.config import load_config
+    from latentdiff.training.train import train
 
     def config(out, steps):
         return load_config(None, [f"model.pretrained={tiny_models[('v_prediction', 4)]}", f"data.root={dataset}",
@@ -161,10 +161,10 @@ def test_resume_on_cuda_matches_a_straight_run(tiny_models, dataset, tmp_path):
 @pytest.mark.parametrize("method", ["direct", "npi", "nti", "ddpm"])
 def test_editing_on_cuda_reconstructs_as_on_cpu(method):
     """Inversion runs in fp32 on the GPU too: reconstruction PSNR within 0.3 dB of the CPU's on two images."""
-    from latentdiff.edit.evaluate import _decode, shapes_examples
-    from latentdiff.edit.image_input import encode_image
+    from latentdiff.shapes.evaluate_edit import _decode, shapes_examples
+    from latentdiff.pipelines.image_input import encode_image
     from latentdiff.edit.inversion import invert, reconstruct
-    from latentdiff.metrics import psnr
+    from latentdiff.edit.metrics import psnr
     from latentdiff.models import load_components
 
     scores = {}

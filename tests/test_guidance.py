@@ -3,9 +3,9 @@
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-from latentdiff.guidance import CFGDenoiser, rescale_guidance
-from latentdiff.sampling import sample_ddim
-from latentdiff.schedule import Schedule
+from latentdiff.core.guidance import CFGDenoiser, rescale_guidance
+from latentdiff.core.sampling import sample_ddim
+from latentdiff.core.schedule import Schedule
 
 
 class RecordingModel:

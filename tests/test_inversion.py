@@ -12,11 +12,11 @@ import torch
 from diffusers import DDIMInverseScheduler
 from PIL import Image
 
-from latentdiff.edit.image_input import default_edit_size, encode_image, load_edit_image
-from latentdiff.edit.inversion import (FIXED_POINT_ITERS, NTI_FAST, NTI_REFERENCE, Inversion, NTISettings,
-                                       edit_guidance, invert, pivot_trajectory, reconstruct, sample_edit)
-from latentdiff.models import decode_latents, encode_images, encode_prompts, load_components, scale_latents
-from latentdiff.sampling import ddim_invert
+from latentdiff.pipelines.image_input import default_edit_size, encode_image, load_edit_image
+from latentdiff.edit.inversion import FIXED_POINT_ITERS, NTI_FAST, NTI_REFERENCE, Inversion, NTISettings, edit_guidance, invert, pivot_trajectory, reconstruct, sample_edit
+from latentdiff.models import decode_latents, encode_images, load_components, scale_latents
+from latentdiff.pipelines.prompts import encode_prompts
+from latentdiff.core.sampling import ddim_invert
 
 PROMPT, TARGET = "a red square and a yellow circle", "a blue square and a yellow circle"
 STEPS, GUIDANCE = 10, 7.5
@@ -295,7 +295,7 @@ def test_encode_image_is_the_scaled_posterior_mean(plain):
 
 def _step_errors(c, cond, z0, iters):
     """Relative error of each sampling step from the pivot's z*_t back onto its z*_{t−1}."""
-    from latentdiff.sampling import ddim_step
+    from latentdiff.core.sampling import ddim_step
 
     schedule, trajectory, used = c.schedule, [z0], []
     timesteps = schedule.timesteps(STEPS)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from latentdiff.metrics import psnr, ssim
+from latentdiff.edit.metrics import psnr, ssim
 
 
 def test_psnr_closed_form():

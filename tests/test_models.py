@@ -6,8 +6,9 @@ import shutil
 import numpy as np
 import torch
 
-from latentdiff.models import encode_prompts, load_components, tokenize
-from latentdiff.pipeline import Pipeline
+from latentdiff.pipelines.prompts import encode_prompts, tokenize
+from latentdiff.models import load_components
+from latentdiff.pipelines import Pipeline
 
 
 def test_components_are_frozen_and_read_from_config(tiny_models):
@@ -81,7 +82,7 @@ def test_fp16_vae_decode_that_overflows_is_redone_in_fp32(tiny_models, caplog):
 
 
 def test_auto_mixed_precision_uses_bf16_only_where_the_hardware_has_it(tmp_path, monkeypatch):
-    import latentdiff.models as models
+    import latentdiff.models.device as models
 
     cpuinfo = tmp_path / "cpuinfo"
     for text, native in [("flags\t\t: fpu sse2 avx2 avx512f\n", False), ("flags\t\t: fpu avx512f avx512_bf16\n", True),

@@ -2,8 +2,8 @@
 
 import torch
 
-from latentdiff.objective import drop_captions, min_snr_weight, noised_batch, sample_noise, weighted_mse
-from latentdiff.schedule import Schedule
+from latentdiff.training.objective import drop_captions, min_snr_weight, noised_batch, sample_noise, weighted_mse
+from latentdiff.core.schedule import Schedule
 
 
 def test_min_snr_weights_by_hand():
@@ -63,7 +63,7 @@ def test_weighted_mse_by_hand():
 def test_ema_warms_up_like_diffusers_and_averages_by_hand():
     from diffusers.training_utils import EMAModel
 
-    from latentdiff.ema import EMA
+    from latentdiff.training.ema import EMA
 
     p = torch.nn.Parameter(torch.zeros(3))
     ema = EMA([p], decay=0.999)

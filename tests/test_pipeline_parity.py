@@ -6,7 +6,7 @@ import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
                        EulerDiscreteScheduler, StableDiffusionPipeline)
 
-from latentdiff.pipeline import Pipeline
+from latentdiff.pipelines import Pipeline
 
 
 def diffusers_images(path, scheduler_cls, prompt, seed, **kwargs):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from latentdiff.sampling import ddim_invert, sample_ddim
-from latentdiff.schedule import PREDICTION_TYPES, Schedule, convert, inference_timesteps
+from latentdiff.core.sampling import ddim_invert, sample_ddim
+from latentdiff.core.schedule import PREDICTION_TYPES, Schedule, convert, inference_timesteps
 
-from latentdiff.analytic import GaussianDenoiser
+from latentdiff.core.analytic import GaussianDenoiser
 
 
 def data(seed=0, shape=(3, 4, 8, 8)):

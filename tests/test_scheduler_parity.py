@@ -13,10 +13,10 @@ import pytest
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
 
-from latentdiff.sampling import ddim_invert, ddim_step, ddpm_step, sample_ddim, sample_ddpm
-from latentdiff.schedule import Schedule
+from latentdiff.core.sampling import ddim_invert, ddim_step, ddpm_step, sample_ddim, sample_ddpm
+from latentdiff.core.schedule import Schedule
 
-from latentdiff.analytic import GaussianDenoiser
+from latentdiff.core.analytic import GaussianDenoiser
 
 from fakes import fake_denoiser, rel_err
 
@@ -194,7 +194,7 @@ def test_float32_result_is_closer_to_float64_truth(schedule_name, prediction):
 
 
 def test_selfcheck_passes_and_covers_every_sampler():
-    from latentdiff.selfcheck import run
+    from latentdiff.core.selfcheck import run
 
     rows = run()
     assert all(value <= bound for _, value, bound in rows), rows

@@ -1,6 +1,5 @@
 """The shapes world: deterministic renders, held-out pairs, true captions, the dataset CLI, the analyzer."""
 
-import argparse
 import json
 from itertools import combinations
 
@@ -8,32 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from latentdiff.shapes import (
-    ATTRIBUTES,
-    BACKGROUNDS,
-    COLORS,
-    HELD_OUT,
-    POSITIONS,
-    SHAPES,
-    analyze,
-    make_caption,
-    parse_caption,
-    render,
-    render_dataset,
-    sample_attributes,
-)
-from latentdiff.shapes import cli as shapes_cli
+from latentdiff.shapes import ATTRIBUTES, BACKGROUNDS, COLORS, HELD_OUT, POSITIONS, SHAPES, analyze, make_caption, parse_caption, render, render_dataset, sample_attributes
+from latentdiff.cli import build_parser, main
 from latentdiff.shapes.dataset import examples, make_example, read_metadata
 from latentdiff.shapes.analyze import BORDER
 from latentdiff.shapes.render import SHAPE_AREA, coverage
-from latentdiff.shapes.world import (
-    GRID_ANCHORS,
-    MIN_COLOR_DISTANCE,
-    POSITION_JITTER,
-    SIZES,
-    VOCABULARY,
-    check_attributes,
-)
+from latentdiff.shapes.world import GRID_ANCHORS, MIN_COLOR_DISTANCE, POSITION_JITTER, SIZES, VOCABULARY, check_attributes
 
 
 def accuracy(images_and_attrs):
@@ -177,14 +156,8 @@ def test_captions_state_only_true_attributes():
         assert parse_caption(caption) == expected, caption
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="latentdiff")
-    shapes_cli.add_parser(parser.add_subparsers(dest="command"))
-    return parser
-
-
 def cli(*argv):
-    return shapes_cli.run(build_parser().parse_args(list(argv)))
+    return main(list(argv))
 
 
 def test_render_cli_writes_an_imagefolder_whose_rows_match_the_files(tmp_path, capsys):
@@ -238,7 +211,7 @@ def test_vocabulary_is_complete():
 
 
 def test_recipe_names_a_missing_file_and_an_inheritance_cycle(tmp_path):
-    from latentdiff.shapes.build import Recipe
+    from latentdiff.build.recipe import Recipe
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -14,8 +14,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from latentdiff.config import load_config
-from latentdiff.train import TrainingError, train
+from latentdiff.training.config import load_config
+from latentdiff.training.train import TrainingError, train
 from tiny import fixed_batch_loss
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def assert_same(a: dict, b: dict, tol=1e-6):
 def test_training_lowers_the_loss_and_exports_a_loadable_model(tiny_models, dataset, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from latentdiff.pipeline import Pipeline
+    from latentdiff.pipelines import Pipeline
 
     cfg = make_config(tmp_path, tiny_models[("epsilon", 8)], dataset, max_steps=30, batch_size=4,
                       ema_decay="null", caption_dropout=0.0, checkpoint_every=100, lr_warmup_steps=0)
@@ -128,7 +128,7 @@ def test_cache_survives_moving_the_model_folder(tiny_models, dataset, tmp_path):
     """The cache is keyed by what the encoders compute, not by the folder they were loaded from."""
     import shutil
 
-    from latentdiff.cache import module_identity
+    from latentdiff.training.cache import module_identity
 
     moved = tmp_path / "moved-model"
     shutil.copytree(tiny_models[("epsilon", 8)], moved)
@@ -146,8 +146,8 @@ def test_cache_survives_moving_the_model_folder(tiny_models, dataset, tmp_path):
 
 def test_cache_and_no_cache_feed_the_same_training_inputs(tiny_models, dataset, tmp_path):
     """The cache changes only where latents come from: every micro-batch gets the same numbers."""
-    from latentdiff.data import Transform, scan_dataset
-    from latentdiff.inputs import SampleOrder, TrainingInputs
+    from latentdiff.training.data import Transform, scan_dataset
+    from latentdiff.training.inputs import SampleOrder, TrainingInputs
     from latentdiff.models import load_components
 
     frozen = load_components(tiny_models[("epsilon", 8)], device="cpu", with_unet=False)
@@ -166,7 +166,7 @@ def test_cache_and_no_cache_feed_the_same_training_inputs(tiny_models, dataset, 
 
 
 def test_sample_order_covers_each_epoch_once_and_splits_ranks():
-    from latentdiff.inputs import SampleOrder
+    from latentdiff.training.inputs import SampleOrder
 
     one = SampleOrder(10, seed=0, batch_size=2, num_processes=1)
     two = SampleOrder(10, seed=0, batch_size=1, num_processes=2)
@@ -247,10 +247,10 @@ def test_bf16_mixed_precision_and_gradient_checkpointing_on_cpu(tiny_models, dat
 @pytest.mark.parametrize("native", [False, True])
 def test_auto_mixed_precision_follows_the_cpu(tiny_models, dataset, tmp_path, monkeypatch, caplog, native):
     """`auto` trains in bf16 only on CPUs that compute it natively (emulated bf16 is several times slower)."""
-    import latentdiff.models as models
+    import latentdiff.models.device as models
     from accelerate.state import AcceleratorState
 
-    import latentdiff.train as training
+    import latentdiff.training.train as training
 
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
     monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
@@ -272,7 +272,7 @@ def test_build_stage_4_finetunes_on_its_own_schedule_and_is_skipped_when_done(ti
     The recipe inherits the schedule from a parent recipe folder (``inherit`` in world.yaml)."""
     import shutil
 
-    from latentdiff.shapes.build import Recipe, stage_finetune
+    from latentdiff.build.recipe import Recipe, stage_finetune
 
     parent, configs, workdir = tmp_path / "base-recipe", tmp_path / "configs", tmp_path / "work"
     parent.mkdir()
@@ -341,7 +341,7 @@ def test_model_scheduler_fine_tunes_on_another_schedule_as_if_the_folder_had_it(
 
 
 def test_step_clock_leaves_out_the_warmup_steps(monkeypatch):
-    from latentdiff import train as train_module
+    from latentdiff.training import train as train_module
 
     times = iter([0.0, 10.0, 11.0, 12.0, 14.0, 16.0])  # steps 1..6 end at these times; 1-3 are warm-up
     monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(times))

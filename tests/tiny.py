@@ -6,7 +6,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from latentdiff.tokenizer import build_clip_tokenizer
+from latentdiff.models.tokenizer import build_clip_tokenizer
 
 SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
                     clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading")
@@ -47,10 +47,10 @@ def save_tiny(folder: Path, **kwargs) -> Path:
 def fixed_batch_loss(model, data) -> float:
     """The training loss of the model folder ``model`` on one fixed batch of 8 images from ``data`` (CPU, fp32):
     the same numbers before and after training, to tell whether training lowered it."""
-    from latentdiff.data import Transform, scan_dataset
-    from latentdiff.inputs import TrainingInputs
+    from latentdiff.training.data import Transform, scan_dataset
+    from latentdiff.training.inputs import TrainingInputs
     from latentdiff.models import load_components
-    from latentdiff.objective import noised_batch, weighted_mse
+    from latentdiff.training.objective import noised_batch, weighted_mse
 
     c = load_components(model, device="cpu")
     inputs = TrainingInputs(scan_dataset(data).items, Transform(64), c, seed=0)

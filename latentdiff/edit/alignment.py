@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..models import tokenize
+from ..pipelines.prompts import tokenize
 
 # Needleman–Wunsch scores of the paper's aligner: a gap costs nothing, so a changed word is aligned as
 # "source word dropped, target word inserted" (a new token) rather than as a mismatched pair.

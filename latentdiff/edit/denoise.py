@@ -7,10 +7,11 @@ from typing import Sequence
 
 import torch
 
-from ..guidance import UNetModel
-from ..models import Components, encode_prompts
-from ..sampling import ddim_step
-from ..schedule import Schedule
+from ..core.guidance import UNetModel
+from ..models import Components
+from ..pipelines.prompts import encode_prompts
+from ..core.sampling import ddim_step
+from ..core.schedule import Schedule
 
 NULL_PROMPT = ""  # the "null text" of classifier-free guidance
 

@@ -56,7 +56,7 @@ def evaluate(pipe, prompts: Sequence[dict], guidances: Sequence[float], seeds: i
 
     With ``round_trip`` (the model's VAE encode → decode on PIL images), the results also hold
     :data:`ROUND_TRIP`, the ceiling of :func:`round_trip_ceiling`."""
-    from ..images import grid, save_png
+    from ..pipelines.images import grid, save_png
 
     results, readings = {}, []
     for w in guidances:

@@ -17,14 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from .dataset import examples, render_dataset
+from ..models.folder import copy_as_fp16, write_encoders_folder
+from ..pipelines.settings import GENERATION_CONFIG
+from ..shapes.dataset import examples, render_dataset
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Recipe:
 
 
 def stage_vae(cfg: dict, images, heldout, out: Path, progress: bool) -> dict:
-    from ..stages.vae import latent_scaling_factor, reconstruction_psnr, train_vae, vae_config
+    from .vae import latent_scaling_factor, reconstruction_psnr, train_vae, vae_config
 
     config = vae_config(cfg["block_out_channels"], layers_per_block=cfg["layers_per_block"],
                         norm_num_groups=cfg["norm_num_groups"], sample_size=images.shape[1])
@@ -82,7 +83,7 @@ def stage_vae(cfg: dict, images, heldout, out: Path, progress: bool) -> dict:
 
 
 def stage_clip(cfg: dict, images, captions, heldout, heldout_captions, out: Path, progress: bool) -> dict:
-    from ..stages.clip import clip_config, export_text_encoder, retrieval_top1, train_clip
+    from .clip import clip_config, export_text_encoder, retrieval_top1, train_clip
 
     config = clip_config(embed_dim=cfg["embed_dim"], image_size=images.shape[1], vision_width=cfg["vision_width"],
                          vision_layers=cfg["vision_layers"], text_width=cfg["text_width"],
@@ -93,49 +94,26 @@ def stage_clip(cfg: dict, images, captions, heldout, heldout_captions, out: Path
     return {"clip_text_to_image_top1_heldout": retrieval_top1(model, heldout, heldout_captions)}
 
 
-def write_base(out: Path, scheduler: dict) -> None:
-    """The stage 1+2 folder in the diffusers layout (no unet/ yet): what the UNet trainer loads as frozen.
-
-    ``scheduler`` is the noise schedule the UNet is trained on and sampled with (``scheduler.json``).
-    """
-    (out / "scheduler").mkdir(parents=True, exist_ok=True)
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
-    (out / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None], "safety_checker": [None, None],
-        "requires_safety_checker": False, "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=2))
+def to_fp16_folder(model_dir: Path, dest: Path, generation: dict) -> Path:
+    """The shipped folder: ``model_dir`` in fp16 with its generation defaults (``latentdiff_generation.json``)."""
+    return copy_as_fp16(model_dir, dest, {GENERATION_CONFIG: generation})
 
 
-def to_fp16_folder(model_dir: Path, dest: Path, generation: dict) -> None:
-    """Copy a model folder with every weight file stored in fp16 (loads as fp32 by default); atomic.
+def train_unet(recipe: Path, pretrained: Path, data: Path, out: Path, progress: bool, *,
+               cache_dir: Path | None = None, scheduler: Path | None = None):
+    """The ordinary trainer on a stage recipe, with the build's folders filled in; resumes an interrupted run.
 
-    Configs lose ``_name_or_path``: the build machine's folder names mean nothing to a user."""
-    from safetensors.torch import load_file, save_file
+    ``cache_dir`` shares another stage's latent cache; ``scheduler`` replaces the pretrained model's schedule."""
+    from ..training.config import load_config
+    from ..training.train import train
 
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(model_dir, tmp)
-    for file in tmp.rglob("*.safetensors"):
-        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(file)).items()}
-        save_file(tensors, str(file), metadata={"format": "pt"})
-    for file in tmp.rglob("config.json"):
-        config = json.loads(file.read_text())
-        if config.pop("_name_or_path", None) is not None:
-            file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (tmp / "latentdiff_generation.json").write_text(json.dumps(generation, indent=2))
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-
-
-def train_unet(recipe: Path, pretrained: Path, data: Path, out: Path, progress: bool, *overrides: str):
-    """The ordinary trainer on a stage recipe, with the build's folders filled in; resumes an interrupted run."""
-    from ..config import load_config
-    from ..train import train
-
-    config = load_config(recipe, [f"model.pretrained={pretrained}", f"data.root={data}", f"train.output_dir={out}",
-                                  f"train.progress={str(progress).lower()}", *overrides])
+    config = load_config(recipe)
+    config.model.pretrained, config.data.root, config.train.output_dir = str(pretrained), str(data), str(out)
+    config.train.progress = progress
+    if cache_dir is not None:
+        config.data.cache_dir = str(cache_dir)
+    if scheduler is not None:
+        config.model.scheduler = str(scheduler)
     return train(config, resume="latest")
 
 
@@ -146,8 +124,7 @@ def stage_finetune(recipe: Recipe, workdir: Path, model: Path, data: Path, progr
         start = time.perf_counter()
         schedule = recipe.path("scheduler-finetune.json")  # the stage 4 schedule replaces stage 3's, if given
         result = train_unet(recipe.required("unet-finetune.yaml"), model, data, out, progress,
-                            f"data.cache_dir={workdir / 'unet' / 'cache'}",
-                            *([f"model.scheduler={schedule}"] if schedule else []))
+                            cache_dir=workdir / "unet" / "cache", scheduler=schedule)
         done("unet_finetune", start, unet_finetune_final_loss=result.loss, unet_finetune_steps=result.global_step)
     return out / "model"
 
@@ -181,7 +158,7 @@ def build(configs: Path, workdir: Path, dest: Path, progress: bool = True) -> di
         start = time.perf_counter()
         done("clip", start, **stage_clip(recipe.read("clip.yaml"), images, captions, heldout, heldout_captions,
                                          base, progress))
-    write_base(base, recipe.read("scheduler.json"))
+    write_encoders_folder(base, recipe.read("scheduler.json"))
     if not (workdir / "unet" / "model" / "model_index.json").is_file():
         start = time.perf_counter()
         result = train_unet(recipe.required("unet.yaml"), base, data, workdir / "unet", progress)

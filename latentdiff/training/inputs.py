@@ -20,7 +20,8 @@ import torch
 
 from .cache import TensorCache, content_key, module_identity
 from .data import Item, Transform, load_image, pick_caption, sample_rng
-from .models import Components, encode_images, encode_prompts, scale_latents
+from ..models import Components, encode_images, scale_latents
+from ..pipelines.prompts import encode_prompts
 
 log = logging.getLogger(__name__)
 

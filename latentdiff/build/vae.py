@@ -16,7 +16,9 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import as_uint8_images, make_accelerator, to_pixels, warmup_cosine
+from ..models.pixels import MAX_LEVEL, as_uint8_images, from_pixels, to_pixels
+from ..models.device import make_accelerator
+from .lr import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ def reconstruct(vae, images, *, batch_size: int = 64) -> torch.Tensor:
     for start in range(0, len(images), batch_size):
         x = to_pixels(images[start : start + batch_size].to(vae.device)).to(vae.dtype)
         y = vae.decode(vae.encode(x).latent_dist.mode()).sample.float()  # (B, 3, H, W) in ≈[-1, 1]
-        out.append(((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
+        out.append(from_pixels(y).cpu())
     return torch.cat(out)
 
 
@@ -175,4 +177,4 @@ def reconstruction_psnr(vae, images, *, batch_size: int = 64) -> float:
     """
     images = as_uint8_images(images)
     mse = (reconstruct(vae, images, batch_size=batch_size).double() - images.double()).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(255.0**2 / mse)).item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(float(MAX_LEVEL) ** 2 / mse)).item()

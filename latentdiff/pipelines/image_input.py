@@ -16,13 +16,37 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..data import ALPHA_MODES, DECODERS, MAX_LEVEL, RESAMPLE, to_rgb
 from ..models import Components, encode_images, scale_latents
+from ..models.pixels import MAX_LEVEL, image_to_pixels
+
+DECODERS = ("JPEG", "PNG", "WEBP", "BMP")  # Pillow formats tried, whatever the extension says
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+WHITE = (255, 255, 255, 255)
+UINT16_PER_UINT8 = 65535 / MAX_LEVEL  # 257: 16-bit levels are scaled down, not clipped
+RESAMPLE = Image.Resampling.LANCZOS  # antialiased when shrinking
 
 EXIF_ORIENTATION = 0x0112
 Size = Union[int, tuple[int, int]]  # a side, or (height, width)
 MODE_NAMES = {"1": "1-bit", "L": "grayscale (L)", "P": "palette (P)", "CMYK": "CMYK", "YCbCr": "YCbCr",
               "LAB": "Lab", "HSV": "HSV", "I": "32-bit integer grayscale (I)", "F": "floating-point grayscale (F)"}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: integer (16-bit) gray scaled by 1/257 with rounding; any transparency composited on white."""
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I
+        levels = np.asarray(image).astype(np.float64) / UINT16_PER_UINT8
+        image = Image.fromarray(np.clip(np.rint(levels), 0, MAX_LEVEL).astype(np.uint8))
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Fully decode image bytes (truncation raises), apply EXIF orientation, return 8-bit RGB."""
+    with Image.open(io.BytesIO(data), formats=DECODERS) as image:
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image))
 
 
 def _pair(size: Size) -> tuple[int, int]:
@@ -97,12 +121,6 @@ def load_edit_image(path: Union[str, os.PathLike], size: Size, *,
     return image, notes
 
 
-def image_to_pixels(image: Image.Image) -> torch.Tensor:
-    """(1, 3, H, W) float32 in [-1, 1] from an 8-bit RGB image."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1)  # (3, H, W)
-    return torch.from_numpy(np.ascontiguousarray(array))[None] / (MAX_LEVEL / 2) - 1
-
-
 def encode_image(components: Components, image: Image.Image) -> torch.Tensor:
     """Diffusion latents (1, C, H/f, W/f) float32 of an image: the scaled mean of q(z | x), as null-text
     inversion encodes (Mokady et al. 2022, official code: ``vae.encode(image).latent_dist.mean``)."""
@@ -110,5 +128,5 @@ def encode_image(components: Components, image: Image.Image) -> torch.Tensor:
     if image.width % factor or image.height % factor:
         raise ValueError(f"image size {image.width}×{image.height} is not a multiple of the VAE factor {factor}; "
                          "load it with load_edit_image")
-    mean, _ = encode_images(components, image_to_pixels(image))
+    mean, _ = encode_images(components, image_to_pixels(image)[None])
     return scale_latents(components, mean).float().clone()  # clone: a normal tensor, usable with autograd

@@ -19,17 +19,18 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ..core.schedule import PREDICTION_TYPES, Schedule, check_choice
+from ..models import Components, load_components, save_components
+from ..models.device import (check_mixed_precision, cpu_has_native_bf16, make_accelerator, pick_device,
+                             pick_mixed_precision)
+from ..pipelines.images import grid, save_png
 from .cache import module_identity
 from .checkpoint import list_checkpoints, load_checkpoint, remove_stale_temporaries, resolve_resume, save_checkpoint
 from .config import Config
 from .data import Transform, scan_dataset
 from .ema import EMA
-from .images import grid, save_png
 from .inputs import SampleOrder, TrainingInputs, stable_seed
-from .models import (Components, cpu_has_native_bf16, load_components, pick_device, pick_mixed_precision,
-                     save_components)
 from .objective import drop_captions, noised_batch, weighted_mse
-from .schedule import PREDICTION_TYPES, Schedule, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,7 @@ def _check(config: Config) -> None:
     if "prediction_type" in overrides:
         check_choice(f"prediction_type in model.scheduler '{m.scheduler}'", overrides["prediction_type"],
                      PREDICTION_TYPES)
-    check_choice("train.mixed_precision", t.mixed_precision, ("no", "fp16", "bf16", "auto"))
-    if t.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 (works on CPU) or no")
+    check_mixed_precision("train.mixed_precision", t.mixed_precision)
     if config.lora.enabled and m.unet_config:
         raise ValueError("lora.enabled trains adapters on a pretrained UNet; unset model.unet_config")
     for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "checkpoint_every"):
@@ -112,7 +111,6 @@ def _build_unet(config: Config, frozen: Components):
 
 def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     """Run the training described by ``config``; ``resume`` is None, 'latest' or a checkpoint folder."""
-    from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
 
@@ -127,11 +125,9 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     elif precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("train.mixed_precision=bf16 on a CPU without native bf16 is emulated and many times slower "
                     "than fp32; use auto or no")
-    # cpu=True without CUDA makes processes started by torchrun / `accelerate launch --multi_gpu` join as MULTI_CPU
-    accelerator = Accelerator(cpu=device.type == "cpu",
-                              gradient_accumulation_steps=t.gradient_accumulation_steps,
-                              mixed_precision=precision, log_with=trackers,
-                              project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")))
+    accelerator = make_accelerator("auto", precision, gradient_accumulation_steps=t.gradient_accumulation_steps,
+                                   log_with=trackers, project_config=ProjectConfiguration(
+                                       project_dir=str(out), logging_dir=str(out / "logs")))
     rank, world = accelerator.process_index, accelerator.num_processes
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -148,7 +144,7 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     schedule = Schedule.from_config(scheduler_config)
     unet = _build_unet(config, frozen)
     if config.lora.enabled:
-        from .lora import add_lora
+        from ..models.lora import add_lora
 
         params = add_lora(unet, config.lora)
     else:
@@ -160,7 +156,7 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
 
     # 2. Data: scan once (bad files skipped with a count), then the cache or on-the-fly encoding.
     if not accelerator.is_main_process:
-        logging.getLogger("latentdiff.data").setLevel(logging.ERROR)
+        logging.getLogger(scan_dataset.__module__).setLevel(logging.ERROR)
     report = scan_dataset(d.root, d.caption_column)
     transform = Transform(d.resolution, d.crop, d.flip)
     cache_dir = Path(d.cache_dir or out / "cache") if d.cache else None
@@ -235,7 +231,7 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
         model = accelerator.unwrap_model(unet)
         with ema.swapped_in() if ema is not None else nullcontext():
             if config.lora.enabled:
-                from .lora import save_lora
+                from ..models.lora import save_lora
 
                 result.lora_path = save_lora(model, out / "lora")
             else:
@@ -280,7 +276,7 @@ def _stop_if_not_finite(accelerator, loss: torch.Tensor, step: int, out: Path) -
 
 def _validate(accelerator, unet, frozen: Components, ema, config: Config, step: int, trackers) -> None:
     """Sample the validation prompts with our pipeline (EMA weights if enabled); save and log a grid."""
-    from .pipeline import Pipeline
+    from ..pipelines import Pipeline
 
     t = config.train
     if accelerator.is_main_process:

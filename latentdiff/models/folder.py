@@ -1,4 +1,4 @@
-"""Load and save the frozen networks of a diffusers-layout model folder; encode prompts, latents and images.
+"""Load and save the frozen networks of a diffusers-layout model folder; the offline default model.
 
 A model folder is what ``StableDiffusionPipeline.save_pretrained`` writes: ``model_index.json`` and
 ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``. Weights are read from
@@ -14,11 +14,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
-from .schedule import Schedule
+from ..core.schedule import Schedule
+from .device import pick_device, pick_dtype
 
 log = logging.getLogger(__name__)
 
@@ -29,58 +30,12 @@ COMPONENTS = {  # folder -> file that must be in it
     "tokenizer": "tokenizer_config.json",
     "scheduler": "scheduler_config.json",
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda")
 # The offline default model (the shapes world), committed in the repository; LATENTDIFF_MODEL overrides it.
-DEFAULT_MODEL = Path(os.environ.get("LATENTDIFF_MODEL", Path(__file__).resolve().parent.parent / "weights" / "shapes"))
+DEFAULT_MODEL = Path(os.environ.get("LATENTDIFF_MODEL", Path(__file__).resolve().parents[2] / "weights" / "shapes"))
 
 
 class ModelError(ValueError):
     """A model folder that cannot be used, with a one-line reason and fix."""
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """'auto' is CUDA when available, else CPU."""
-    if device not in DEVICES:
-        raise ValueError(f"device={device!r} is not supported; choose one of {', '.join(map(repr, DEVICES))}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
-    return torch.device(device)
-
-
-def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX, Arm's BF16 extension), read from
-    /proc/cpuinfo. Without it PyTorch emulates bf16 and a bf16 UNet step runs several times slower than fp32."""
-    try:
-        with open(cpuinfo) as f:
-            flags = {w for line in f if line.startswith(("flags", "Features")) for w in line.split(":", 1)[1].split()}
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def pick_mixed_precision(choice: str, device: torch.device) -> str:
-    """Accelerate's mixed_precision for ``choice``; 'auto' is bf16 where the hardware computes it (Ampere+ GPUs,
-    CPUs with native bf16), fp16 on older GPUs, else no (fp32)."""
-    if choice != "auto":
-        return choice
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "no"
-
-
-def pick_dtype(dtype: str | torch.dtype = "fp32", device: torch.device | None = None) -> torch.dtype:
-    """'auto' is fp16 on a CUDA device (as Stable Diffusion is usually run), fp32 elsewhere."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.float16 if device is not None and device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        choices = ", ".join(map(repr, ("auto", *DTYPES)))
-        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {choices}")
-    return DTYPES[dtype]
 
 
 def resolve_model_path(model: str | os.PathLike) -> Path:
@@ -234,85 +189,47 @@ def save_components(components: Components, folder: str | os.PathLike, scheduler
     return folder
 
 
-# --- encoding ------------------------------------------------------------------------------------
 
 
-def tokenize(tokenizer, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask (B, L), padded/truncated to ``tokenizer.model_max_length``.
-
-    Prompts that do not fit are truncated with a warning that names the dropped words.
-    """
-    max_length = tokenizer.model_max_length
-    batch = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
-                      return_tensors="pt")
-    ids = batch.input_ids
-    full = tokenizer(list(prompts), padding="longest", return_tensors="pt").input_ids
-    if full.shape[-1] > ids.shape[-1]:
-        for dropped in tokenizer.batch_decode(full[:, max_length - 1 : -1]):
-            dropped = dropped.replace(tokenizer.pad_token or "", "").replace(tokenizer.eos_token or "", "").strip()
-            if dropped:
-                log.warning("prompt longer than %d tokens, truncated; dropped: %r", max_length, dropped)
-    return ids, batch.attention_mask
+MODEL_INDEX = {  # what StableDiffusionPipeline.save_pretrained writes for a text-to-image model folder
+    "_class_name": "StableDiffusionPipeline", "feature_extractor": [None, None], "safety_checker": [None, None],
+    "requires_safety_checker": False, "scheduler": ["diffusers", "DDIMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
 
 
-@torch.inference_mode()
-def encode_prompts(components: Components, prompts: Sequence[str]) -> torch.Tensor:
-    """Last hidden states of the text encoder, (B, L, D), in the model's dtype."""
-    ids, mask = tokenize(components.tokenizer, prompts)
-    encoder = components.text_encoder
-    mask = mask.to(encoder.device) if getattr(encoder.config, "use_attention_mask", False) else None
-    return encoder(ids.to(encoder.device), attention_mask=mask)[0].to(encoder.dtype)
+def write_encoders_folder(folder: str | os.PathLike, scheduler_config: dict) -> Path:
+    """Complete a folder that holds ``vae/``, ``text_encoder/`` and ``tokenizer/`` into the diffusers layout without
+    ``unet/``: the schedule and ``model_index.json``. It is what training a UNet from scratch loads as frozen
+    (``load_components(..., with_unet=False)``); the trained model is then saved whole by :func:`save_components`."""
+    folder = Path(folder)
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
+    (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
+    return folder
 
 
-@torch.inference_mode()
-def encode_images(components: Components, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of the VAE's latent distribution q(z | x) for images in [-1, 1], each (B, C, H/f, W/f)."""
-    vae = components.vae
-    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    return dist.mean.float(), dist.std.float()
+def copy_as_fp16(model_dir: str | os.PathLike, dest: str | os.PathLike, extra_files: dict | None = None) -> Path:
+    """Copy a model folder with every floating-point weight stored in fp16 (it still loads as fp32 by default),
+    plus ``extra_files`` (name → JSON content); written to a temporary name and renamed, replacing ``dest``.
 
+    Configs lose ``_name_or_path``: the folder names of the machine that wrote them mean nothing to a user."""
+    from safetensors.torch import load_file, save_file
 
-def scale_latents(components: Components, z: torch.Tensor) -> torch.Tensor:
-    """VAE latents → diffusion latents: (z − shift) × scaling_factor, read from the VAE config."""
-    config = components.vae.config
-    shift = getattr(config, "shift_factor", None) or 0.0
-    return (z - shift) * config.scaling_factor
-
-
-@torch.inference_mode()
-def decode_latents(components: Components, latents: torch.Tensor) -> torch.Tensor:
-    """VAE decode of diffusion latents to images in [0, 1], (B, 3, H, W) float32.
-
-    In the VAE's dtype, as diffusers' StableDiffusionPipeline decodes; should an fp16 decode overflow (some VAEs
-    do: SDXL's, marked ``force_upcast``), that batch is decoded again in fp32 instead of returning NaNs."""
-    vae = components.vae
-    latents = latents / vae.config.scaling_factor
-    if getattr(vae.config, "shift_factor", None):
-        latents = latents + vae.config.shift_factor
-    images = vae.decode(latents.to(vae.dtype)).sample
-    if vae.dtype == torch.float16 and not torch.isfinite(images).all():
-        log.warning("the fp16 VAE decode overflowed; decoding again in fp32")
-        torch.nn.Module.to(vae, torch.float32)  # nn.Module's .to: diffusers' adds a warning per call
-        try:
-            images = vae.decode(latents.float()).sample
-        finally:
-            torch.nn.Module.to(vae, torch.float16)
-    return (images / 2 + 0.5).clamp(0, 1).float()  # rescaled in the decode's dtype, as diffusers does
-
-
-def vae_round_trip(components: Components, images: Sequence) -> list:
-    """PIL images (all one size, a multiple of the VAE factor) → encode to the posterior mean → decode → PIL."""
-    import numpy as np
-    from PIL import Image
-
-    from .stages import to_pixels
-
-    mean, _ = encode_images(components, to_pixels(torch.from_numpy(np.stack([np.asarray(i.convert("RGB"))
-                                                                             for i in images]))))
-    return [Image.fromarray(a) for a in to_uint8(decode_latents(components, scale_latents(components, mean)))]
-
-
-def to_uint8(images: torch.Tensor):
-    """(B, 3, H, W) in [0, 1] → list of (H, W, 3) uint8 arrays, rounded as diffusers rounds."""
-    array = images.permute(0, 2, 3, 1).cpu().numpy()
-    return [(a * 255).round().astype("uint8") for a in array]
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model_dir, tmp)
+    for file in tmp.rglob("*.safetensors"):
+        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(file)).items()}
+        save_file(tensors, str(file), metadata={"format": "pt"})
+    for file in tmp.rglob("config.json"):
+        config = json.loads(file.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name, content in (extra_files or {}).items():
+        (tmp / name).write_text(json.dumps(content, indent=2))
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest

@@ -1,19 +1,13 @@
-"""`latentdiff shapes render | build | analyze`: the shapes world's dataset, default model, and analyzer.
-
-:func:`add_parser` adds the ``shapes`` command to the main parser's subparsers; :func:`run` executes it
-and returns the exit code (2, with a one-line message, for a user mistake).
-"""
+"""`latentdiff shapes render | build | analyze`: the shapes world's dataset, default model, and analyzer."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .world import HELD_OUT, SPLITS
-
-EXIT_USAGE = 2
+from ..shapes.world import HELD_OUT, SPLITS
+from .common import EXIT_USAGE
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -21,7 +15,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     shapes = subparsers.add_parser(
         "shapes", help="the shapes world: render its dataset, analyze images",
         description="The procedural shapes world the offline default model is trained on.")
-    shapes.set_defaults(shapes_parser=shapes)
+    shapes.set_defaults(shapes_parser=shapes, run=run)
     sub = shapes.add_subparsers(dest="shapes_command", metavar="SUBCOMMAND")
 
     held_out = ", ".join(f"{color} {shape}" for shape, color in HELD_OUT)
@@ -55,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _render(args) -> int:
-    from .dataset import render_dataset
+    from ..shapes.dataset import render_dataset
 
     path = render_dataset(args.out, args.n, args.seed, args.split, overwrite=args.overwrite,
                           progress=not args.quiet)
@@ -66,7 +60,7 @@ def _render(args) -> int:
 def _analyze(args) -> int:
     from PIL import Image
 
-    from .analyze import analyze
+    from ..shapes.analyze import analyze
 
     for path in args.images:
         try:
@@ -79,7 +73,7 @@ def _analyze(args) -> int:
 
 
 def _build(args) -> int:
-    from .build import build
+    from ..build.recipe import build
 
     report = build(args.configs, args.workdir, args.out, progress=not args.quiet)
     print(json.dumps(report, indent=2))
@@ -92,8 +86,4 @@ def run(args: argparse.Namespace) -> int:
     if command is None:
         args.shapes_parser.print_help()
         return EXIT_USAGE
-    try:
-        return {"render": _render, "analyze": _analyze, "build": _build}[command](args)
-    except ValueError as error:  # user mistakes: one line, exit code 2
-        print(f"latentdiff shapes {command}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    return {"render": _render, "analyze": _analyze, "build": _build}[command](args)

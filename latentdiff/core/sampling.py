@@ -2,7 +2,7 @@
 
 A denoiser is any callable ``denoiser(x, t) -> model_output`` where ``t`` is an integer training
 timestep and the output follows ``schedule.prediction_type``. Conditioning and guidance live in the
-callable (see :mod:`latentdiff.guidance`), never here.
+callable (see :mod:`latentdiff.core.guidance`), never here.
 
 Randomness comes only from an explicit ``torch.Generator`` and is drawn in the order and shape
 diffusers draws it (``DDIMScheduler.step``, ``DDPMScheduler.step``), so that one seed gives one
@@ -50,7 +50,8 @@ def ddim_sigma(alpha_bar: float, alpha_bar_prev: float, eta: float) -> float:
     return eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev))
 
 
-def _check_eta(eta: float) -> None:
+def check_eta(eta: float) -> None:
+    """ValueError naming η unless it is >= 0 (the one check of η: sample_ddim and the ddim plan call it)."""
     if not eta >= 0:
         raise ValueError(f"eta={eta!r} must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like)")
 
@@ -116,7 +117,7 @@ def sample_ddim(
     As in diffusers' ``DDIMScheduler``, the step from t lands on t − T//N (N = len(timesteps)), and
     past t = 0 on ``schedule.final_alpha_cumprod``. Noise z ~ N(0, I) is drawn at every step when η > 0.
     """
-    _check_eta(eta)
+    check_eta(eta)
     stride = schedule.num_train_timesteps // len(timesteps)
     clip = schedule.clip_sample_range if schedule.clip_sample else None
     for i, t in enumerate(tqdm(timesteps, disable=disable_progress, desc="DDIM")):

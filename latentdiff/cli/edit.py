@@ -9,22 +9,25 @@ from pathlib import Path
 
 import torch
 
+from .common import add_model_args, quiet_libraries, resolve_model
+
 log = logging.getLogger("latentdiff.edit")
 
 PRESETS = ("fast", "reference")
 
 
-def add_parsers(sub, add_model_args) -> None:
+def add_parser(sub) -> None:
     inv = sub.add_parser("invert", help="invert an image once; reuse it for many edits with edit --inversion",
                          description="Invert a real image (DDIM / null-text / negative-prompt / direct) and save it.")
-    _image_args(inv, add_model_args)
+    _image_args(inv)
     inv.add_argument("--output", "-o", type=Path, default=Path("outputs/inversion.safetensors"))
+    inv.set_defaults(run=cmd_invert)
 
     edit = sub.add_parser("edit", help="edit a real image: change its description, keep the rest",
                           description="Invert --image with --source-prompt, then sample --target-prompt from the "
                                       "inversion with prompt-to-prompt attention control. Writes the input, the "
                                       "reconstruction and the edit side by side, plus each alone.")
-    _image_args(edit, add_model_args)
+    _image_args(edit)
     edit.add_argument("--target-prompt", required=True, help="the description with your change")
     edit.add_argument("--inversion", type=Path, help="a file from `latentdiff invert` (skips inverting again)")
     edit.add_argument("--cross-replace", type=float, default=0.8, help="fraction of steps with the source's "
@@ -41,7 +44,7 @@ def add_parsers(sub, add_model_args) -> None:
     edit.add_argument("--mode", choices=["auto", "replace", "refine"], default="auto",
                       help="word swap (same token count) or refinement (added words); auto picks")
     edit.add_argument("--output", "-o", type=Path, default=Path("outputs/edit.png"))
-
+    edit.set_defaults(run=cmd_edit)
 
     ev = sub.add_parser("eval-edit", help="reconstruction PSNR/SSIM, speed and word-swap success of each method",
                         description="On shapes-world images: invert with each method, report reconstruction "
@@ -64,11 +67,12 @@ def add_parsers(sub, add_model_args) -> None:
                     "source's self-attention maps (default 0.4)")
     ev.add_argument("--out", type=Path, default=Path("outputs/eval-edit"))
     ev.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    ev.set_defaults(run=cmd_eval_edit)
 
 
 def cmd_eval_edit(args) -> int:
-    from .evaluate import evaluate_editing, table
-    from .inversion import NTI_FAST, NTI_REFERENCE
+    from ..edit.inversion import NTI_FAST, NTI_REFERENCE
+    from ..shapes.evaluate_edit import evaluate_editing, table
 
     if args.images < 1:
         raise ValueError(f"--images {args.images} must be at least 1")
@@ -88,7 +92,7 @@ def cmd_eval_edit(args) -> int:
     return 0
 
 
-def _image_args(p: argparse.ArgumentParser, add_model_args) -> None:
+def _image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", type=Path, required=False, help="the image to edit (any size and mode)")
     p.add_argument("--source-prompt", help="what the image shows")
     p.add_argument("--method", choices=["ddpm", "direct", "nti", "npi", "ddim"], default="ddpm",
@@ -121,7 +125,6 @@ def _check_fixed_point(args) -> None:
 
 
 def _components(args):
-    from ..cli import quiet_libraries, resolve_model
     from ..models import load_components
 
     quiet_libraries()
@@ -133,8 +136,8 @@ def _components(args):
 
 
 def _invert(args, components):
-    from .image_input import default_edit_size, encode_image, load_edit_image
-    from .inversion import NTI_FAST, NTI_REFERENCE, invert
+    from ..edit.inversion import NTI_FAST, NTI_REFERENCE, invert
+    from ..pipelines.image_input import default_edit_size, encode_image, load_edit_image
 
     if args.image is None or args.source_prompt is None:
         raise ValueError("pass --image PATH and --source-prompt TEXT (or --inversion FILE for edit)")
@@ -158,7 +161,7 @@ def _invert(args, components):
 
 
 def cmd_invert(args) -> int:
-    from ..images import check_writable
+    from ..pipelines.images import check_writable
 
     check_writable(args.output)
     components = _components(args)
@@ -181,14 +184,15 @@ def parse_reweight(items) -> dict[str, float]:
 
 
 def cmd_edit(args) -> int:
-    from ..images import check_writable, grid, save_png
-    from ..models import decode_latents, to_uint8
-    from .attention import AttentionController
-    from .image_input import default_edit_size, load_edit_image
     from PIL import Image
 
-    from ..pipeline import GenerationConfig
-    from .inversion import Inversion, check_skip, edit_guidance, sample_edit
+    from ..core.samplers import plan
+    from ..edit.attention import AttentionController
+    from ..edit.inversion import Inversion, check_skip, edit_guidance, sample_edit
+    from ..models import decode_latents, to_uint8
+    from ..pipelines import GenerationConfig
+    from ..pipelines.image_input import default_edit_size, load_edit_image
+    from ..pipelines.images import check_writable, grid, save_png
 
     reweight = parse_reweight(args.reweight)
     if args.output.suffix.lower() != ".png":
@@ -208,7 +212,7 @@ def cmd_edit(args) -> int:
         steps = inversion.steps
     else:
         steps = args.steps if args.steps is not None else GenerationConfig.for_model(components.path).steps
-    components.schedule.timesteps(steps)  # validate everything before the (slow) inversion
+    plan("ddim", components.schedule, steps)  # validate everything before the (slow) inversion
     if source is None:
         raise ValueError("pass --source-prompt TEXT (what the image shows) or --inversion FILE")
     controller = AttentionController(components.tokenizer, source, args.target_prompt, steps,
@@ -244,7 +248,7 @@ def cmd_edit(args) -> int:
 
 def _reconstruction_quality(components, image, reconstruction) -> dict:
     """PSNR (dB) of the reconstruction and of the VAE round trip, both against the (resized) input image."""
-    from ..metrics import psnr
+    from ..edit.metrics import psnr
     from ..models import vae_round_trip
 
     with torch.no_grad():

@@ -36,20 +36,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .schedule import check_choice
+from ..core.schedule import check_choice
+from ..models.pixels import image_to_pixels
+from ..pipelines.image_input import RESAMPLE, decode_image, to_rgb
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-DECODERS = ("JPEG", "PNG", "WEBP", "BMP")  # Pillow formats tried, whatever the extension says
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 FILE_COLUMN = "file_name"
-ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-WHITE = (255, 255, 255, 255)
-MAX_LEVEL = 255  # 8-bit
-UINT16_PER_UINT8 = 65535 / MAX_LEVEL  # 257: 16-bit levels are scaled down, not clipped
 CROPS = ("center", "random")
-RESAMPLE = Image.Resampling.LANCZOS  # antialiased when shrinking
 FLIP_PROBABILITY = 0.5
 TRANSFORM_VERSION = 1  # bump when the pixels a Transform makes change, to invalidate caches
 
@@ -96,24 +92,6 @@ Candidate = Union[Callable[[], tuple], _Skip]  # a caption getter (raises _Skip)
 
 def _read_bytes(path: Path) -> bytes:
     return Path(path).read_bytes()
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB: integer (16-bit) gray scaled by 1/257 with rounding; any transparency composited on white."""
-    if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I
-        levels = np.asarray(image).astype(np.float64) / UINT16_PER_UINT8
-        image = Image.fromarray(np.clip(np.rint(levels), 0, MAX_LEVEL).astype(np.uint8))
-    if image.mode in ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Fully decode image bytes (truncation raises), apply EXIF orientation, return 8-bit RGB."""
-    with Image.open(io.BytesIO(data), formats=DECODERS) as image:
-        image.load()
-        return to_rgb(ImageOps.exif_transpose(image))
 
 
 def load_image(path: Union[str, os.PathLike]) -> Image.Image:
@@ -327,8 +305,7 @@ class Transform:
         image = image.crop((left, top, left + self.resolution, top + self.resolution))
         if flipped:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        pixels = np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1))  # (3, R, R)
-        return torch.from_numpy(pixels) / (MAX_LEVEL / 2) - 1
+        return image_to_pixels(image)  # (3, R, R)
 
     def __call__(self, image: Image.Image, rng: Optional[random.Random] = None,
                  flip: Optional[bool] = None) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .schedule import Schedule
+from ..core.schedule import Schedule
 
 
 @dataclass

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import torch
 
-from .config import LoraConfig
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' load_lora_weights looks for
 
 
-def add_lora(unet: torch.nn.Module, cfg: LoraConfig) -> list[torch.nn.Parameter]:
-    """Freeze the UNet, add rank-r adapters to ``cfg.target_modules``; returns the trainable parameters."""
+def add_lora(unet: torch.nn.Module, cfg) -> list[torch.nn.Parameter]:
+    """Freeze the UNet, add rank-r adapters to ``cfg.target_modules``; returns the trainable parameters.
+
+    ``cfg`` has ``rank``, ``alpha`` and ``target_modules`` (training's ``LoraConfig``)."""
     from peft import LoraConfig as PeftLoraConfig
 
     if cfg.rank < 1:

@@ -19,7 +19,9 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import as_uint8_images, make_accelerator, to_pixels, warmup_cosine
+from ..models.pixels import as_uint8_images, to_pixels
+from ..models.device import make_accelerator
+from .lr import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +289,7 @@ def export_text_encoder(model, folder: str | os.PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
-    from ..tokenizer import build_clip_tokenizer, clip_vocabulary
+    from ..models.tokenizer import build_clip_tokenizer, clip_vocabulary
 
     folder = Path(folder)
     encoder = to_text_encoder(model)

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..metrics import psnr, ssim
+from ..edit.metrics import psnr, ssim
 from ..models import Components, decode_latents, to_uint8
-from .attention import AttentionController
-from .image_input import encode_image
-from .inversion import NTI_FAST, NTISettings, invert, sample_edit
+from ..edit.attention import AttentionController
+from ..pipelines.image_input import encode_image
+from ..edit.inversion import NTI_FAST, NTISettings, invert, sample_edit
 
 IOU_TARGET = 0.8
 
@@ -40,8 +40,8 @@ EXAMPLE_SEED = 77
 
 def shapes_examples(n: int, seed: int = EXAMPLE_SEED) -> list[tuple[Image.Image, dict, str]]:
     """(image, attributes, canonical caption) of seen-split shapes images; example i is ``make_example(seed, i)``."""
-    from ..shapes.dataset import examples
-    from ..shapes.evaluate import canonical_caption
+    from .dataset import examples
+    from .evaluate import canonical_caption
 
     out = []
     for image, row in examples(n, seed, "train"):
@@ -52,14 +52,14 @@ def shapes_examples(n: int, seed: int = EXAMPLE_SEED) -> list[tuple[Image.Image,
 
 def true_edit(index: int, color: str, seed: int = EXAMPLE_SEED) -> Image.Image:
     """Example ``index`` of :func:`shapes_examples` drawn with the object in ``color``: the perfect word swap."""
-    from ..shapes.dataset import make_example
+    from .dataset import make_example
 
     return make_example(seed, index, "train", color=color)[0]
 
 
 def swap_color(attrs: dict, rng: np.random.Generator) -> str:
     """Another object color that is not the background's and not a held-out pair with this shape."""
-    from ..shapes.world import COLORS, HELD_OUT
+    from .world import COLORS, HELD_OUT
 
     options = [c for c in COLORS if c not in (attrs["color"], attrs["background"])
                and (attrs["shape"], c) not in HELD_OUT]
@@ -82,7 +82,7 @@ def evaluate_editing(components: Components, n_images: int = 8,
 
     ``guidance`` (default: the model's) is the scale each method inverts for and edits at, except ``ddpm``'s
     noise, solved at ``source_guidance`` (default 1); ``seed`` draws ddpm's noisy latents."""
-    from ..shapes.analyze import analyze, object_mask
+    from .analyze import analyze, object_mask
 
     rng = np.random.default_rng(0)
     rows = {m: {"psnr": [], "ssim": [], "seconds": [], "color_ok": [], "iou": []} for m in methods}
@@ -129,7 +129,7 @@ def evaluate_editing(components: Components, n_images: int = 8,
         if m != "vae":
             summary[m]["seconds"] = float(np.median(r["seconds"]))
     if out_dir is not None:
-        from ..images import grid, save_png
+        from ..pipelines.images import grid, save_png
 
         out_dir.mkdir(parents=True, exist_ok=True)
         save_png(grid([p for row in panels for p in row], columns=len(panels[0])), out_dir / "edits.png")

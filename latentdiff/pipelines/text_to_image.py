@@ -1,0 +1,108 @@
+"""Text → image: encode prompts, draw seeded latents, sample with guidance, decode. No diffusion math here."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from PIL import Image
+
+from ..core.guidance import CFGDenoiser, UNetModel
+from ..core.samplers import Plan
+from ..core.sampling import randn
+from ..models import Components, decode_latents, load_components, save_components, to_uint8
+from .prompts import encode_prompts
+from .settings import GENERATION_CONFIG, GenerationConfig, resolve_settings
+
+
+@dataclass
+class Generated:
+    """One image and everything needed to generate it again on its own."""
+
+    image: Image.Image
+    params: dict = field(default_factory=dict)
+
+
+class Pipeline:
+    """Stable-Diffusion-style text-to-image over our samplers; same seed, same image as diffusers."""
+
+    def __init__(self, components: Components, defaults: Optional[GenerationConfig] = None):
+        self.components = components
+        self.defaults = defaults or GenerationConfig.for_model(components.path)
+        self.model_name = str(components.path) if components.path is not None else "<in memory>"
+        self._plans: dict[tuple, Plan] = {}  # settings validated and planned once: (sampler, steps, eta) -> plan
+
+    @classmethod
+    def from_pretrained(cls, model: Union[str, os.PathLike], *, dtype="auto", device="auto",
+                        allow_pickle: bool = False, lora: Optional[Union[str, os.PathLike]] = None,
+                        lora_scale: float = 1.0) -> "Pipeline":
+        """Load a model folder; ``lora`` (a diffusers/kohya LoRA file or folder) is fused into the UNet."""
+        components = load_components(model, dtype=dtype, device=device, allow_pickle=allow_pickle)
+        pipe = cls(components)
+        if lora is not None:
+            from ..models.lora import load_lora
+
+            load_lora(components.unet, lora, lora_scale)
+            pipe.model_name += f" + LoRA {Path(lora).resolve()} x{lora_scale:g}"
+        return pipe
+
+    def save_pretrained(self, folder: Union[str, os.PathLike]) -> Path:
+        folder = save_components(self.components, folder)
+        if self.defaults != GenerationConfig():
+            (folder / GENERATION_CONFIG).write_text(json.dumps(asdict(self.defaults), indent=2))
+        return folder
+
+    def settings(self, **overrides) -> GenerationConfig:
+        """The model's defaults with the given (non-None) overrides, validated; pass the result to
+        :meth:`generate` as ``settings=`` to use it without validating again."""
+        cfg, plan = resolve_settings(self.defaults, self.components, **overrides)
+        self._plans[(cfg.sampler, cfg.steps, cfg.eta)] = plan
+        return cfg
+
+    def _plan(self, cfg: GenerationConfig) -> Plan:
+        key = (cfg.sampler, cfg.steps, cfg.eta)
+        if key not in self._plans:
+            self.settings(**asdict(cfg))
+        return self._plans[key]
+
+    def generate(self, prompt: Union[str, Sequence[str]], *, settings: Optional[GenerationConfig] = None,
+                 progress: bool = False, callback=None, **overrides) -> list[Generated]:
+        """Images for each prompt × num_images; image i uses seed + i (reproducible alone).
+
+        ``settings``: what :meth:`settings` returned (already validated); else the defaults with ``overrides``."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("no prompts given; pass at least one prompt")
+        if settings is not None and overrides:
+            raise ValueError("pass either settings or overrides, not both")
+        cfg = settings if settings is not None else self.settings(**overrides)
+        plan = self._plan(cfg)
+        c = self.components
+        prompts = [p for p in prompts for _ in range(cfg.num_images)]  # (B,) prompt-major
+        seeds = [cfg.seed + i for i in range(len(prompts))]
+        generators = [torch.Generator().manual_seed(s) for s in seeds]  # CPU, as diffusers with a CPU generator
+
+        cond = encode_prompts(c, prompts)  # (B, L, D)
+        uncond = encode_prompts(c, [cfg.negative_prompt] * len(prompts)) if cfg.guidance != 1 else None
+        shape = (len(prompts), c.unet.config.in_channels, cfg.height // c.vae_scale_factor,
+                 cfg.width // c.vae_scale_factor)
+        latents = randn(shape, generators, cond.dtype, c.device)  # (B, C, H/f, W/f)
+        denoiser = CFGDenoiser(UNetModel(c.unet), cond, uncond, cfg.guidance, cfg.guidance_rescale)
+        with torch.inference_mode():
+            latents = plan(denoiser, latents, c.schedule, generator=generators, callback=callback,
+                           disable_progress=not progress)
+            pixels = to_uint8(decode_latents(c, latents))
+
+        out = []
+        for p, s, array in zip(prompts, seeds, pixels):
+            params = dict(asdict(cfg), prompt=p, seed=s, num_images=1, model=self.model_name,
+                          dtype=str(c.dtype).removeprefix("torch."))
+            out.append(Generated(Image.fromarray(array), params))
+        return out
+
+    def __call__(self, prompt: Union[str, Sequence[str]], **kwargs) -> list[Image.Image]:
+        return [g.image for g in self.generate(prompt, **kwargs)]
