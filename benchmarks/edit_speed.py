@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from latentdiff.shapes.evaluate_edit import _decode, shapes_examples  # noqa: E402
-from latentdiff.pipelines.image_input import encode_image  # noqa: E402
 from latentdiff.edit.inversion import NTI_FAST, NTI_REFERENCE, invert, reconstruct  # noqa: E402
 from latentdiff.edit.metrics import psnr  # noqa: E402
 from latentdiff.models import DEFAULT_MODEL, load_components  # noqa: E402
+from latentdiff.pipelines.image_input import encode_image  # noqa: E402
+from latentdiff.shapes.evaluate_edit import _decode, shapes_examples  # noqa: E402
 
 
 def main():

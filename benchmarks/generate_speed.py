@@ -25,13 +25,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline,  # noqa: E402
-                       UNet2DConditionModel)
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from latentdiff.models import DTYPES  # noqa: E402
-from latentdiff.pipelines import Pipeline  # noqa: E402
 from latentdiff.models.tokenizer import build_clip_tokenizer  # noqa: E402
+from latentdiff.pipelines import Pipeline  # noqa: E402
 
 PROMPT = "a red circle in the top left corner on a white background"
 SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,

@@ -14,8 +14,14 @@ import statistics
 import time
 
 import torch
-from diffusers import (DDIMInverseScheduler, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
-                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler)
+from diffusers import (
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+)
 
 from latentdiff.core.dpm_solver import dpm_timesteps, sample_dpmpp_2m
 from latentdiff.core.euler import euler_timesteps, sample_euler

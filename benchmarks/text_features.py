@@ -15,8 +15,8 @@ import itertools
 
 import torch
 
-from latentdiff.pipelines.prompts import encode_prompts
 from latentdiff.models import load_components
+from latentdiff.pipelines.prompts import encode_prompts
 from latentdiff.shapes.evaluate import canonical_caption
 from latentdiff.shapes.world import POSITIONS, SHAPES
 

@@ -35,8 +35,8 @@ def build(folder: Path, resolution: int) -> tuple[Path, Path]:
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from latentdiff.shapes import render_dataset
     from latentdiff.models.tokenizer import build_clip_tokenizer
+    from latentdiff.shapes import render_dataset
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(

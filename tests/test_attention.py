@@ -3,12 +3,12 @@
 import pytest
 import torch
 
+from latentdiff.core.guidance import CFGDenoiser, UNetModel
+from latentdiff.core.sampling import ddim_step
 from latentdiff.edit.alignment import refinement_mapper, word_positions
 from latentdiff.edit.attention import AttentionController, PromptToPromptProcessor
-from latentdiff.core.guidance import CFGDenoiser, UNetModel
-from latentdiff.pipelines.prompts import encode_prompts
 from latentdiff.models import load_components
-from latentdiff.core.sampling import ddim_step
+from latentdiff.pipelines.prompts import encode_prompts
 
 STEPS = 4
 

@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from fakes import fake_denoiser
 
 from latentdiff.core.guidance import CFGDenoiser
 from latentdiff.core.sampling import sample_ddim
 from latentdiff.core.schedule import Schedule, make_betas
-
-from fakes import fake_denoiser
 
 
 @pytest.mark.parametrize(

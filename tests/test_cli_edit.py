@@ -150,8 +150,8 @@ def test_eval_edit_reports_every_method_against_the_vae_ceiling(tiny_models, tmp
 
 
 def test_word_swap_ceiling_draws_the_true_edit():
-    from latentdiff.shapes.evaluate_edit import iou, shapes_examples, swap_color, true_edit
     from latentdiff.shapes.analyze import analyze, object_mask
+    from latentdiff.shapes.evaluate_edit import iou, shapes_examples, swap_color, true_edit
 
     rng = np.random.default_rng(0)
     for i, (image, attrs, caption) in enumerate(shapes_examples(8)):

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from latentdiff.cli import main
-from latentdiff.pipelines.images import read_params
 from latentdiff.pipelines import Pipeline
+from latentdiff.pipelines.images import read_params
 
 
 def run(capsys, *argv):

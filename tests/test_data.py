@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from latentdiff.pipelines.image_input import to_rgb
 from latentdiff.training import data
 from latentdiff.training.data import ImageCaptionDataset, Transform, load_image, pick_caption, scan_dataset
-from latentdiff.pipelines.image_input import to_rgb
 
 
 def save(path, image=None, **kwargs):

@@ -109,8 +109,8 @@ def test_editing_the_default_model_reconstructs_and_swaps_colors():
     keep near the true edit's ceiling (version 6: target color 100 %, mask IoU ≥ 0.8 88 %; ceiling 100 / 100 %;
     version 5: 88 / 75 %, ceiling 100 / 88 %); npi on the fixed-point pivot is within 0.3 dB of the VAE round
     trip (39.45 vs 39.73 dB; on a plain pivot a zero-SNR model gives it back at 13.5 dB)."""
-    from latentdiff.shapes.evaluate_edit import evaluate_editing
     from latentdiff.models import load_components
+    from latentdiff.shapes.evaluate_edit import evaluate_editing
 
     summary = evaluate_editing(load_components(DEFAULT_MODEL, device="cpu"), 8, ("direct", "npi"))
     vae, direct, npi = summary["vae"], summary["direct"], summary["npi"]
@@ -125,8 +125,8 @@ def test_ddpm_word_swaps_meet_the_issue_target():
     """Issue 6's word-swap target on 16 images with the default method: the analyzer reads the target color on
     ≥ 90 % and the object mask keeps IoU ≥ 0.8 on ≥ 90 % (version 6, seed 0: 100 % and 94 %; on 32 images 100 %
     and 91 %), and the reconstruction is exact (the VAE round trip)."""
-    from latentdiff.shapes.evaluate_edit import evaluate_editing
     from latentdiff.models import load_components
+    from latentdiff.shapes.evaluate_edit import evaluate_editing
 
     summary = evaluate_editing(load_components(DEFAULT_MODEL, device="cpu"), 16, ("ddpm",))
     vae, ddpm = summary["vae"], summary["ddpm"]
@@ -156,8 +156,8 @@ def test_null_text_inversion_is_within_1_db_of_the_vae_round_trip():
     steps, version 6 is 0.75 dB under the VAE round trip (40.40 dB; the preset up to version 5, one Adam update
     at lr 0.14 per step, is 2.10 dB under it and fails); 8 images at the issue's 50 steps, 0.87 dB under
     (39.73 dB). (8 images at 30 steps: 1.03 dB, two chaotic images set the mean; benchmarks/README.md.)"""
-    from latentdiff.shapes.evaluate_edit import evaluate_editing
     from latentdiff.models import load_components
+    from latentdiff.shapes.evaluate_edit import evaluate_editing
 
     components = load_components(DEFAULT_MODEL, device="cpu")
     for images, steps in ((4, None), (8, 50)):

@@ -6,13 +6,12 @@ import math
 import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
+from fakes import fake_denoiser, rel_err
 
 from latentdiff.core.analytic import GaussianDenoiser
 from latentdiff.core.dpm_solver import dpm_timesteps, karras_timesteps, sample_dpmpp_2m
 from latentdiff.core.sampling import sample_ddim
 from latentdiff.core.schedule import Schedule
-
-from fakes import fake_denoiser, rel_err
 
 SCHEDULES = {
     "linear": dict(beta_schedule="linear"),

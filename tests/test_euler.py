@@ -5,12 +5,11 @@ import math
 import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from fakes import fake_denoiser, rel_err
 
 from latentdiff.core.analytic import GaussianDenoiser
 from latentdiff.core.euler import euler_timesteps, initial_noise_scale, sample_euler
 from latentdiff.core.schedule import Schedule
-
-from fakes import fake_denoiser, rel_err
 
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1)
 

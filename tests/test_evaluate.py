@@ -69,7 +69,6 @@ def test_round_trip_ceiling_reads_true_renderings_through_the_given_round_trip()
 
 def test_vae_round_trip_of_the_model_matches_encode_then_decode(tiny_models):
     import torch
-
     from diffusers import AutoencoderKL
 
     from latentdiff.models import load_components, vae_round_trip

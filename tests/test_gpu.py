@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny import fixed_batch_loss
 
 from latentdiff.models import DEFAULT_MODEL
-from tiny import fixed_batch_loss
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -161,11 +161,11 @@ def test_resume_on_cuda_matches_a_straight_run(tiny_models, dataset, tmp_path):
 @pytest.mark.parametrize("method", ["direct", "npi", "nti", "ddpm"])
 def test_editing_on_cuda_reconstructs_as_on_cpu(method):
     """Inversion runs in fp32 on the GPU too: reconstruction PSNR within 0.3 dB of the CPU's on two images."""
-    from latentdiff.shapes.evaluate_edit import _decode, shapes_examples
-    from latentdiff.pipelines.image_input import encode_image
     from latentdiff.edit.inversion import invert, reconstruct
     from latentdiff.edit.metrics import psnr
     from latentdiff.models import load_components
+    from latentdiff.pipelines.image_input import encode_image
+    from latentdiff.shapes.evaluate_edit import _decode, shapes_examples
 
     scores = {}
     for device in ("cuda", "cpu"):

@@ -1,22 +1,30 @@
 """Inverting real images for editing: DDIM inversion against diffusers, what each method reconstructs,
-the two-branch edit sampler, the inversion file, and loading the image to edit.
+the two-branch edit sampler and the inversion file (loading the image: test_image_input.py; fixed-point
+refinement: test_fixed_point_inversion.py).
 
 Reconstruction is measured on a tiny model whose UNet output is scaled down (conv_out × 0.1): a random
 UNet is so chaotic that not even DDIM at guidance 1 gives its input back, while a well-conditioned one
 reproduces the situation of a trained model — DDIM inversion nearly exact at guidance 1, broken at 7.5.
 """
 
-import numpy as np
 import pytest
 import torch
 from diffusers import DDIMInverseScheduler
-from PIL import Image
 
-from latentdiff.pipelines.image_input import default_edit_size, encode_image, load_edit_image
-from latentdiff.edit.inversion import FIXED_POINT_ITERS, NTI_FAST, NTI_REFERENCE, Inversion, NTISettings, edit_guidance, invert, pivot_trajectory, reconstruct, sample_edit
-from latentdiff.models import decode_latents, encode_images, load_components, scale_latents
-from latentdiff.pipelines.prompts import encode_prompts
 from latentdiff.core.sampling import ddim_invert
+from latentdiff.edit.inversion import (
+    NTI_FAST,
+    NTI_REFERENCE,
+    Inversion,
+    NTISettings,
+    edit_guidance,
+    invert,
+    pivot_trajectory,
+    reconstruct,
+    sample_edit,
+)
+from latentdiff.models import decode_latents, load_components
+from latentdiff.pipelines.prompts import encode_prompts
 
 PROMPT, TARGET = "a red square and a yellow circle", "a blue square and a yellow circle"
 STEPS, GUIDANCE = 10, 7.5
@@ -226,153 +234,6 @@ def test_bad_arguments_fail_with_one_line(conditioned, z0):
         invert(conditioned, z0, PROMPT, method="nti", steps=150)
     with pytest.raises(ValueError, match=r"must be \(1, C, h, w\)"):
         invert(conditioned, z0[0], PROMPT, method="ddim", steps=STEPS)
-
-
-# --- the image to edit ----------------------------------------------------------------------------
-
-
-def test_load_edit_image_modes_and_sizes(tmp_path):
-    rgba = np.zeros((45, 67, 4), np.uint8)
-    rgba[..., 0] = 200
-    rgba[..., 3] = 0  # fully transparent: white after compositing
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
-    image, notes = load_edit_image(tmp_path / "rgba.png", 32)
-    assert image.mode == "RGB" and image.size == (32, 32)
-    assert notes == ["converted RGBA with transparency to RGB on white",
-                     "resized 67×45 → 48×32, center-cropped to 32×32"]
-    assert np.asarray(image).min() == 255
-
-    Image.fromarray(np.full((30, 20), 77, np.uint8), "L").save(tmp_path / "gray.png")
-    image, notes = load_edit_image(tmp_path / "gray.png", (64, 32))  # (height, width)
-    assert image.size == (32, 64) and tuple(np.asarray(image)[0, 0]) == (77, 77, 77)
-    assert notes == ["converted grayscale (L) to RGB", "upscaled 20×30 → 43×64, center-cropped to 32×64"]
-
-    Image.fromarray(np.full((16, 16), 257 * 100, np.uint16)).save(tmp_path / "deep.png")
-    image, notes = load_edit_image(tmp_path / "deep.png", 16)
-    assert notes[0].startswith("converted 16-bit grayscale") and len(notes) == 1
-    assert tuple(np.asarray(image)[0, 0]) == (100, 100, 100)
-
-    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
-    image, notes = load_edit_image(tmp_path / "cmyk.jpg", 16)
-    assert notes == ["converted CMYK to RGB"] and image.mode == "RGB"
-
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90°: stored 24×16 is shown 16×24
-    Image.new("RGB", (24, 16), (0, 0, 255)).save(tmp_path / "turned.jpg", exif=exif)
-    image, notes = load_edit_image(tmp_path / "turned.jpg", (24, 16))
-    assert notes == ["rotated by its EXIF orientation"] and image.size == (16, 24)
-
-    Image.new("RGB", (16, 16)).save(tmp_path / "exact.png")
-    assert load_edit_image(tmp_path / "exact.png", 16)[1] == []
-
-
-def test_load_edit_image_rejects_unreadable_files_and_bad_sizes(tmp_path):
-    (tmp_path / "fake.png").write_bytes(b"not an image at all")
-    for path, match in [(tmp_path / "fake.png", "cannot read image"), (tmp_path / "no.png", "does not exist"),
-                        (tmp_path, "is a folder")]:
-        with pytest.raises(ValueError, match=match) as error:
-            load_edit_image(path, 16)
-        assert "\n" not in str(error.value)
-    Image.new("RGB", (16, 16)).save(tmp_path / "ok.png")
-    with pytest.raises(ValueError, match="multiples of the VAE factor 8"):
-        load_edit_image(tmp_path / "ok.png", 20, multiple_of=8)
-
-
-def test_encode_image_is_the_scaled_posterior_mean(plain):
-    size = default_edit_size(plain)
-    assert size == (64, 64)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    latents = encode_image(plain, image)
-    pixels = torch.from_numpy(np.asarray(image, np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
-    mean, _ = encode_images(plain, pixels)
-    assert latents.shape == (1, 4, 8, 8) and torch.equal(latents, scale_latents(plain, mean))
-    with pytest.raises(ValueError, match="not a multiple of the VAE factor"):
-        encode_image(plain, image.crop((0, 0, 60, 64)))
-
-
-# --- fixed-point refinement of the pivot ----------------------------------------------------------
-
-
-def _step_errors(c, cond, z0, iters):
-    """Relative error of each sampling step from the pivot's z*_t back onto its z*_{t−1}."""
-    from latentdiff.core.sampling import ddim_step
-
-    schedule, trajectory, used = c.schedule, [z0], []
-    timesteps = schedule.timesteps(STEPS)
-    denoiser = lambda x, t: c.unet(x, t, encoder_hidden_states=cond).sample  # noqa: E731
-    with torch.no_grad():
-        ddim_invert(denoiser, z0, schedule, timesteps, fixed_point_iters=iters, fixed_point_tol=0.0,
-                    callback=lambda d: (trajectory.append(d["x"]), used.append(d["fixed_point_iters"])))
-        stride = schedule.num_train_timesteps // STEPS
-        errors = []
-        for k, t in enumerate(reversed(timesteps)):  # z*_{k+1} sits at timestep t
-            back = ddim_step(trajectory[k + 1], denoiser(trajectory[k + 1], t), schedule.alpha_bar(t),
-                             schedule.alpha_bar(t - stride), schedule.prediction_type)
-            errors.append(rel_err(back, trajectory[k]))
-    return errors, used
-
-
-@pytest.mark.parametrize("kind, zero_snr", [(("epsilon", 8), False), (("v_prediction", 4), True)])
-def test_fixed_point_pivot_is_undone_exactly_by_each_sampling_step(tiny_models, kind, zero_snr):
-    c = load_components(tiny_models[kind], device="cpu")
-    with torch.no_grad():  # well-conditioned, as a trained model (see the module docstring)
-        c.unet.conv_out.weight.mul_(0.1)
-        c.unet.conv_out.bias.mul_(0.1)
-    if zero_snr:
-        c.scheduler_config = dict(c.scheduler_config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
-    z0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(2))
-    cond = encode_prompts(c, [PROMPT])
-    plain, used_plain = _step_errors(c, cond, z0, 0)
-    refined, used = _step_errors(c, cond, z0, 12)
-    assert used_plain == [0] * STEPS and used == [12] * STEPS  # tol 0: every iteration runs
-    assert max(refined) < 1e-5 and max(plain) > 100 * max(refined), (plain, refined)
-
-
-def test_npi_on_a_refined_pivot_gives_the_image_back_on_a_zero_snr_model(tiny_models):
-    c = load_components(tiny_models[("v_prediction", 4)], device="cpu")
-    with torch.no_grad():
-        c.unet.conv_out.weight.mul_(0.1)
-        c.unet.conv_out.bias.mul_(0.1)
-    c.scheduler_config = dict(c.scheduler_config, rescale_betas_zero_snr=True, timestep_spacing="trailing")
-    z0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
-    errors = {}
-    for iters in (0, None):  # None: the default, FIXED_POINT_ITERS with early stop
-        inv = invert(c, z0, PROMPT, method="npi", steps=STEPS, guidance=GUIDANCE, fixed_point_iters=iters)
-        errors[iters] = rel_err(reconstruct(c, inv), z0)
-        assert inv.fixed_point_iters == (0 if iters == 0 else FIXED_POINT_ITERS)
-        assert 0 <= inv.stats["fixed_point_iterations"] <= STEPS * inv.fixed_point_iters
-    assert errors[None] < 1e-3 and errors[0] > 10 * errors[None], errors
-
-
-def test_clipped_schedules_invert_plainly_by_default_and_refuse_fixed_point(tiny_models, z0):
-    c = load_components(tiny_models[("epsilon", 8)], device="cpu")
-    c.scheduler_config = dict(c.scheduler_config, clip_sample=True)
-    inv = invert(c, z0, PROMPT, method="npi", steps=STEPS, guidance=GUIDANCE)
-    assert inv.fixed_point_iters == 0
-    with pytest.raises(ValueError, match="clip_sample=True; use 0 fixed-point iterations"):
-        invert(c, z0, PROMPT, method="npi", steps=STEPS, guidance=GUIDANCE, fixed_point_iters=2)
-
-
-def test_refined_inversion_starts_each_step_from_the_previous_output(tiny_models):
-    """One model evaluation per fixed-point iteration, plus one for the first step (warm start); plain: one per step."""
-    c = load_components(tiny_models[("epsilon", 8)], device="cpu")
-    cond = encode_prompts(c, [PROMPT])
-    calls = []
-
-    def denoiser(x, t):
-        calls.append(t)
-        return 0.1 * c.unet(x, t, encoder_hidden_states=cond).sample
-
-    z0 = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(4))
-    timesteps = c.schedule.timesteps(STEPS)
-    for iters in (0, 2):
-        calls.clear()
-        used = []
-        with torch.no_grad():
-            ddim_invert(denoiser, z0, c.schedule, timesteps, fixed_point_iters=iters,
-                        callback=lambda d: used.append(d["fixed_point_iters"]))
-        assert len(calls) == (STEPS if iters == 0 else 1 + sum(used)), (iters, used)
-        assert iters == 0 or min(used) >= 1
 
 
 def _nti_separately(c, pivot, cond, null, steps, guidance, settings):

@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import torch
 
-from latentdiff.pipelines.prompts import encode_prompts, tokenize
 from latentdiff.models import load_components
 from latentdiff.pipelines import Pipeline
+from latentdiff.pipelines.prompts import encode_prompts, tokenize
 
 
 def test_components_are_frozen_and_read_from_config(tiny_models):

@@ -2,8 +2,8 @@
 
 import torch
 
-from latentdiff.training.objective import drop_captions, min_snr_weight, noised_batch, sample_noise, weighted_mse
 from latentdiff.core.schedule import Schedule
+from latentdiff.training.objective import drop_captions, min_snr_weight, noised_batch, sample_noise, weighted_mse
 
 
 def test_min_snr_weights_by_hand():

@@ -6,10 +6,9 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from latentdiff.core.analytic import GaussianDenoiser
 from latentdiff.core.sampling import ddim_invert, sample_ddim
 from latentdiff.core.schedule import PREDICTION_TYPES, Schedule, convert, inference_timesteps
-
-from latentdiff.core.analytic import GaussianDenoiser
 
 
 def data(seed=0, shape=(3, 4, 8, 8)):

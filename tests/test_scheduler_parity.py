@@ -12,13 +12,11 @@ import itertools
 import pytest
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
-
-from latentdiff.core.sampling import ddim_invert, ddim_step, ddpm_step, sample_ddim, sample_ddpm
-from latentdiff.core.schedule import Schedule
+from fakes import fake_denoiser, rel_err
 
 from latentdiff.core.analytic import GaussianDenoiser
-
-from fakes import fake_denoiser, rel_err
+from latentdiff.core.sampling import ddim_invert, ddim_step, ddpm_step, sample_ddim, sample_ddpm
+from latentdiff.core.schedule import Schedule
 
 SCHEDULES = {
     "linear": dict(beta_schedule="linear"),

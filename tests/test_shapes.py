@@ -7,12 +7,32 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from latentdiff.shapes import ATTRIBUTES, BACKGROUNDS, COLORS, HELD_OUT, POSITIONS, SHAPES, analyze, make_caption, parse_caption, render, render_dataset, sample_attributes
 from latentdiff.cli import build_parser, main
-from latentdiff.shapes.dataset import examples, make_example, read_metadata
+from latentdiff.shapes import (
+    ATTRIBUTES,
+    BACKGROUNDS,
+    COLORS,
+    HELD_OUT,
+    POSITIONS,
+    SHAPES,
+    analyze,
+    make_caption,
+    parse_caption,
+    render,
+    render_dataset,
+    sample_attributes,
+)
 from latentdiff.shapes.analyze import BORDER
+from latentdiff.shapes.dataset import examples, make_example, read_metadata
 from latentdiff.shapes.render import SHAPE_AREA, coverage
-from latentdiff.shapes.world import GRID_ANCHORS, MIN_COLOR_DISTANCE, POSITION_JITTER, SIZES, VOCABULARY, check_attributes
+from latentdiff.shapes.world import (
+    GRID_ANCHORS,
+    MIN_COLOR_DISTANCE,
+    POSITION_JITTER,
+    SIZES,
+    VOCABULARY,
+    check_attributes,
+)
 
 
 def accuracy(images_and_attrs):

@@ -9,9 +9,17 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from latentdiff.models.pixels import to_pixels
-from latentdiff.build.clip import clip_config, create_clip, export_text_encoder, load_clip, retrieval_top1, save_clip, train_clip
+from latentdiff.build.clip import (
+    clip_config,
+    create_clip,
+    export_text_encoder,
+    load_clip,
+    retrieval_top1,
+    save_clip,
+    train_clip,
+)
 from latentdiff.build.vae import latent_scaling_factor, reconstruction_psnr, train_vae, vae_config
+from latentdiff.models.pixels import to_pixels
 
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (240, 210, 30)}
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128)}
@@ -163,8 +171,8 @@ def test_shipping_copy_is_fp16_without_build_paths_and_generates_the_same(tiny_m
 
     from safetensors import safe_open
 
-    from latentdiff.pipelines import Pipeline
     from latentdiff.build.recipe import to_fp16_folder
+    from latentdiff.pipelines import Pipeline
 
     source = tmp_path / "trained"
     shutil.copytree(tiny_models[("epsilon", 8)], source)

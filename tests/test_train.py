@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from tiny import fixed_batch_loss
 
 from latentdiff.training.config import load_config
 from latentdiff.training.train import TrainingError, train
-from tiny import fixed_batch_loss
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -146,9 +146,9 @@ def test_cache_survives_moving_the_model_folder(tiny_models, dataset, tmp_path):
 
 def test_cache_and_no_cache_feed_the_same_training_inputs(tiny_models, dataset, tmp_path):
     """The cache changes only where latents come from: every micro-batch gets the same numbers."""
+    from latentdiff.models import load_components
     from latentdiff.training.data import Transform, scan_dataset
     from latentdiff.training.inputs import SampleOrder, TrainingInputs
-    from latentdiff.models import load_components
 
     frozen = load_components(tiny_models[("epsilon", 8)], device="cpu", with_unet=False)
     items = scan_dataset(dataset).items
@@ -247,9 +247,9 @@ def test_bf16_mixed_precision_and_gradient_checkpointing_on_cpu(tiny_models, dat
 @pytest.mark.parametrize("native", [False, True])
 def test_auto_mixed_precision_follows_the_cpu(tiny_models, dataset, tmp_path, monkeypatch, caplog, native):
     """`auto` trains in bf16 only on CPUs that compute it natively (emulated bf16 is several times slower)."""
-    import latentdiff.models.device as models
     from accelerate.state import AcceleratorState
 
+    import latentdiff.models.device as models
     import latentdiff.training.train as training
 
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)

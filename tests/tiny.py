@@ -47,9 +47,9 @@ def save_tiny(folder: Path, **kwargs) -> Path:
 def fixed_batch_loss(model, data) -> float:
     """The training loss of the model folder ``model`` on one fixed batch of 8 images from ``data`` (CPU, fp32):
     the same numbers before and after training, to tell whether training lowered it."""
+    from latentdiff.models import load_components
     from latentdiff.training.data import Transform, scan_dataset
     from latentdiff.training.inputs import TrainingInputs
-    from latentdiff.models import load_components
     from latentdiff.training.objective import noised_batch, weighted_mse
 
     c = load_components(model, device="cpu")

@@ -9,8 +9,17 @@
 """
 
 from .device import DEVICES, DTYPES, cpu_has_native_bf16, pick_device, pick_dtype, pick_mixed_precision
-from .folder import (COMPONENTS, DEFAULT_MODEL, Components, ModelError, check_model_folder, freeze, load_components,
-                     resolve_model_path, save_components)
+from .folder import (
+                     COMPONENTS,
+                     DEFAULT_MODEL,
+                     Components,
+                     ModelError,
+                     check_model_folder,
+                     freeze,
+                     load_components,
+                     resolve_model_path,
+                     save_components,
+)
 from .latents import decode_latents, encode_images, scale_latents, vae_round_trip
 from .pixels import to_uint8
 

@@ -162,8 +162,8 @@ def load_components(
 
 def save_components(components: Components, folder: str | os.PathLike, scheduler_class: str = "DDIMScheduler") -> Path:
     """Write a complete diffusers-layout folder; written to a temporary name and renamed when complete."""
-    from diffusers import StableDiffusionPipeline
     import diffusers
+    from diffusers import StableDiffusionPipeline
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' load_lora_weights looks for
 
 
