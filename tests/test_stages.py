@@ -96,7 +96,8 @@ def test_clip_training_lowers_contrastive_loss():
     images, captions = synthetic_shapes(64)
     losses = []
     model = train_clip(images, captions, config=clip_config(**TINY_CLIP), steps=40, batch_size=16, lr=2e-3,
-                       warmup=5, seed=0, device="cpu", log_every=0, callback=lambda logs: losses.append(logs["loss"]))
+                       warmup=5, seed=0, device="cpu", mixed_precision="no", log_every=0,
+                       callback=lambda logs: losses.append(logs["loss"]))
     assert len(losses) == 40
     assert np.mean(losses[-8:]) < np.mean(losses[:4]) - 0.3, losses
     assert 0 <= retrieval_top1(model, images, captions) <= 1
@@ -137,9 +138,9 @@ def test_vae_training_lowers_reconstruction_loss_and_scaling_factor_is_one_over_
     config = vae_config((16, 16, 16), layers_per_block=1, norm_num_groups=8, sample_size=32)
     assert config["block_out_channels"] == (16, 16, 16) and len(config["down_block_types"]) == 3  # factor 4
     logs = []
-    untrained = train_vae(images[:32], config=config, steps=0, seed=0, device="cpu")
+    untrained = train_vae(images[:32], config=config, steps=0, seed=0, device="cpu", mixed_precision="no")
     vae = train_vae(images[:32], config=config, steps=60, batch_size=8, lr=2e-3, warmup=5, seed=0, device="cpu",
-                    log_every=0, callback=logs.append)
+                    mixed_precision="no", log_every=0, callback=logs.append)
     rec = [entry["rec"] for entry in logs]
     assert np.mean(rec[-8:]) < 0.7 * np.mean(rec[:4]), rec
     assert reconstruction_psnr(vae, held) > reconstruction_psnr(untrained, held) + 2
@@ -158,7 +159,8 @@ def test_vae_training_lowers_reconstruction_loss_and_scaling_factor_is_one_over_
 def test_vae_training_is_deterministic_given_the_seed():
     images, _ = synthetic_shapes(8, size=16)
     config = vae_config((8, 8, 8), layers_per_block=1, norm_num_groups=4, sample_size=16)
-    a, b, c = (train_vae(images, config=config, steps=3, batch_size=2, seed=s, device="cpu") for s in (0, 0, 1))
+    a, b, c = (train_vae(images, config=config, steps=3, batch_size=2, seed=s, device="cpu", mixed_precision="no")
+               for s in (0, 0, 1))
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
