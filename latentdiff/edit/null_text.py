@@ -41,10 +41,11 @@ class NTISettings:
 
 NTI_REFERENCE = NTISettings()  # the paper's / official notebook's settings
 # Our default: per step at most 3 Adam updates at 10× the paper's rate (its decay and early stop), the best ∅
-# evaluated kept: 4 UNet passes with grad per step instead of up to 10, on the fixed-point pivot. On the default
-# model (version 6) at 30 steps, guidance 7.5, it reconstructs 0.98–1.03 dB under the VAE round trip (one update
-# at lr 0.14, the default up to version 5: 2.43 dB; 3 passes at lr 0.07–0.1: 1.2 dB), and at 50 steps 0.51 dB
-# better than NTI_REFERENCE at 3.0–3.2× its speed (benchmarks/README.md).
+# evaluated kept: 4 UNet passes with grad per step instead of up to 10, on the fixed-point pivot. 4 passes at
+# lr 0.1 is the cheapest setting tried that keeps nti's reconstruction within about 1 dB of the VAE round trip on
+# the default model (30 steps, guidance 7.5; fewer passes fall further short at every rate tried), and at 50
+# steps it is 3.0–3.2× faster than NTI_REFERENCE and 0.51 dB better (benchmarks/README.md; the presets tried
+# are in benchmarks/HISTORY.md).
 NTI_FAST = NTISettings(inner_steps=4, lr=0.1, stop_before_update=True)
 
 
