@@ -29,7 +29,7 @@ from .schedule import Schedule, check_steps, noise_levels, x0_eps_coefficients
 def euler_timesteps(schedule: Schedule, num_steps: int) -> tuple[list[float], list[float]]:
     """(timesteps, noise levels k = σ/α) for ``num_steps`` steps, spaced as diffusers' Euler schedulers space them.
 
-    Whole timesteps come back as ints (what a :data:`~latentdiff.sampling.Denoiser` takes); ``linspace`` gives
+    Whole timesteps come back as ints (what a :data:`~latentdiff.core.sampling.Denoiser` takes); ``linspace`` gives
     fractional ones, whose levels are interpolated linearly between training timesteps (the UNet takes them).
     """
     T, N = schedule.num_train_timesteps, num_steps

@@ -1,7 +1,7 @@
 """Invert a real image's latent so that guided sampling with its prompt gives it back, then edit it.
 
 Every method starts from DDIM inversion at guidance 1 with the source prompt — the DDIM step of
-:mod:`latentdiff.sampling` run forward in time — whose latents z*_0 (the image) … z*_N ≈ noise are the
+:mod:`latentdiff.core.sampling` run forward in time — whose latents z*_0 (the image) … z*_N ≈ noise are the
 *pivot trajectory*. Guided sampling from z*_N drifts off that trajectory; the methods differ in how they
 keep it on:
 
@@ -30,7 +30,7 @@ keep it on:
               ``cfg_src`` and ``cfg_tar``): on the default model a color word swap then keeps the object's
               outline (IoU ≥ 0.8) on 91 % of 32 images, against 84 % with both at 2 and 62 % with both at 4.
 
-The pivot is refined by fixed-point iteration (``fixed_point_iters``, see :func:`sampling.ddim_invert`)
+The pivot is refined by fixed-point iteration (``fixed_point_iters``, see :func:`~latentdiff.core.sampling.ddim_invert`)
 for every method but ``ddim``, which stays the plain baseline, and the ``nti`` reference preset, which stays
 the paper's: each inversion step is solved so that the sampling step back lands exactly on the previous
 latent. On a zero-terminal-SNR model plain inversion ends far from unit variance (x_T std 0.3) and ``npi``
@@ -129,7 +129,7 @@ class Inversion:
 
 def pivot_trajectory(components: Components, z0: torch.Tensor, cond: torch.Tensor, steps: int,
                      progress: bool = False, fixed_point_iters: int = 0) -> tuple[torch.Tensor, int]:
-    """DDIM inversion at guidance 1: (N+1, C, h, w) latents z*_0 = z0, …, z*_N (sampling.ddim_invert), and
+    """DDIM inversion at guidance 1: (N+1, C, h, w) latents z*_0 = z0, …, z*_N (core.sampling.ddim_invert), and
     the number of fixed-point iterations it ran."""
     schedule = components.schedule
     trajectory, iterations = [z0], 0

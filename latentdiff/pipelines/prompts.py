@@ -12,23 +12,34 @@ from ..models import Components
 
 log = logging.getLogger(__name__)
 
+SHOWN_CHARACTERS = 80  # of a prompt (or of its dropped words) in the truncation warning
+
 
 def tokenize(tokenizer, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask (B, L), padded/truncated to ``tokenizer.model_max_length``.
 
-    Prompts that do not fit are truncated with a warning that names the dropped words.
+    Prompts that do not fit are truncated with a warning giving their length and the dropped words (each shown
+    up to its first 80 characters).
     """
     max_length = tokenizer.model_max_length
     batch = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
                       return_tensors="pt")
     ids = batch.input_ids
-    full = tokenizer(list(prompts), padding="longest", return_tensors="pt").input_ids
-    if full.shape[-1] > ids.shape[-1]:
-        for dropped in tokenizer.batch_decode(full[:, max_length - 1 : -1]):
+    full = tokenizer(list(prompts), padding="longest", return_tensors="pt")
+    if full.input_ids.shape[-1] > ids.shape[-1]:
+        lengths = full.attention_mask.sum(dim=-1).tolist()  # tokens of each prompt, start and end included
+        tails = tokenizer.batch_decode(full.input_ids[:, max_length - 1 : -1])
+        for prompt, length, dropped in zip(prompts, lengths, tails):
             dropped = dropped.replace(tokenizer.pad_token or "", "").replace(tokenizer.eos_token or "", "").strip()
             if dropped:
-                log.warning("prompt longer than %d tokens, truncated; dropped: %r", max_length, dropped)
+                log.warning("prompt longer than %d tokens, truncated (%d tokens, %d characters): %r; dropped: %r",
+                            max_length, length, len(prompt), shorten(prompt), shorten(dropped))
     return ids, batch.attention_mask
+
+
+def shorten(text: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """``text`` cut to its first ``limit`` characters, with '…' when cut (for warnings about long prompts)."""
+    return text if len(text) <= limit else text[:limit].rstrip() + "…"
 
 
 @torch.inference_mode()

@@ -19,10 +19,9 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..core.schedule import PREDICTION_TYPES, Schedule, check_choice
+from ..core.schedule import Schedule
 from ..models import Components, load_components, save_components
-from ..models.device import (check_mixed_precision, cpu_has_native_bf16, make_accelerator, pick_device,
-                             pick_mixed_precision)
+from ..models.device import cpu_has_native_bf16, make_accelerator, pick_device, pick_mixed_precision
 from ..pipelines.images import grid, save_png
 from .cache import module_identity
 from .checkpoint import list_checkpoints, load_checkpoint, remove_stale_temporaries, resolve_resume, save_checkpoint
@@ -31,6 +30,7 @@ from .data import Transform, scan_dataset
 from .ema import EMA
 from .inputs import SampleOrder, TrainingInputs, stable_seed
 from .objective import drop_captions, noised_batch, weighted_mse
+from .validate import read_scheduler_overrides, validate
 
 log = logging.getLogger(__name__)
 
@@ -53,57 +53,13 @@ class TrainResult:
 WARMUP_STEPS = 3  # steps left out of seconds_per_step (allocator, kernel selection, first checkpoint dirs)
 
 
-def read_scheduler_overrides(path: Optional[str]) -> dict:
-    """The scheduler-config entries of ``model.scheduler`` (a JSON or YAML mapping); {} when unset."""
-    if path is None:
-        return {}
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as error:
-        raise ValueError(f"model.scheduler '{path}' cannot be read: {error.strerror}; pass a JSON/YAML file") from None
-    except yaml.YAMLError:
-        raise ValueError(f"model.scheduler '{path}' is not valid JSON/YAML; fix it or unset model.scheduler") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"model.scheduler '{path}' must hold a mapping of scheduler-config keys, e.g. "
-                         '{"rescale_betas_zero_snr": true}')
-    return {k: v for k, v in raw.items() if not k.startswith("_")}  # not _class_name, _diffusers_version
-
-
-def _check(config: Config) -> None:
-    m, d, t = config.model, config.data, config.train
-    if not m.pretrained:
-        raise ValueError("model.pretrained is required: a diffusers-layout folder with at least vae/, text_encoder/, "
-                         "tokenizer/ and scheduler/ (plus unet/ unless model.unet_config is given)")
-    if not d.root:
-        raise ValueError("data.root is required: a folder of images with metadata.jsonl/csv or .txt captions")
-    if m.prediction_type is not None:
-        check_choice("model.prediction_type", m.prediction_type, PREDICTION_TYPES)
-    overrides = read_scheduler_overrides(m.scheduler)
-    if "prediction_type" in overrides:
-        check_choice(f"prediction_type in model.scheduler '{m.scheduler}'", overrides["prediction_type"],
-                     PREDICTION_TYPES)
-    check_mixed_precision("train.mixed_precision", t.mixed_precision)
-    if config.lora.enabled and m.unet_config:
-        raise ValueError("lora.enabled trains adapters on a pretrained UNet; unset model.unet_config")
-    for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "checkpoint_every"):
-        if getattr(t, name) < 1:
-            raise ValueError(f"train.{name}={getattr(t, name)} must be >= 1")
-    if not 0 <= t.caption_dropout < 1:
-        raise ValueError(f"train.caption_dropout={t.caption_dropout} must be in [0, 1)")
-
-
 def _build_unet(config: Config, frozen: Components):
     from diffusers import UNet2DConditionModel
 
     m = config.model
-    if m.unet_config:
-        import yaml
-
+    if m.unet_config:  # a mapping whose cross_attention_dim, if any, fits the text encoder (validate checked)
         unet_cfg = yaml.safe_load(Path(m.unet_config).read_text())
-        cross = frozen.text_encoder.config.hidden_size
-        if unet_cfg.setdefault("cross_attention_dim", cross) != cross:
-            raise ValueError(f"model.unet_config cross_attention_dim={unet_cfg['cross_attention_dim']} must equal the "
-                             f"text encoder's hidden size {cross}")
+        unet_cfg.setdefault("cross_attention_dim", frozen.text_encoder.config.hidden_size)
         return UNet2DConditionModel.from_config(unet_cfg)
     return UNet2DConditionModel.from_pretrained(frozen.path, subfolder="unet",
                                                 use_safetensors=None if m.allow_pickle else True)
@@ -114,9 +70,10 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
 
-    _check(config)
+    validate(config)  # every value, before any side effect: a refused run leaves nothing behind
     m, d, t = config.model, config.data, config.train
     out = Path(t.output_dir)
+    checkpoint = resolve_resume(out, resume)
     trackers = "tensorboard" if _has_tensorboard() else None
     device = pick_device("auto")
     precision = pick_mixed_precision(t.mixed_precision, device)
@@ -129,11 +86,6 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
                                    log_with=trackers, project_config=ProjectConfiguration(
                                        project_dir=str(out), logging_dir=str(out / "logs")))
     rank, world = accelerator.process_index, accelerator.num_processes
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        config.save(out / "config.yaml")
-        remove_stale_temporaries(out)
-    accelerator.wait_for_everyone()
 
     # 1. Frozen encoders, schedule, and the UNet to train (full or LoRA).
     frozen = load_components(m.pretrained, device=accelerator.device, allow_pickle=m.allow_pickle,
@@ -159,6 +111,11 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
         logging.getLogger(scan_dataset.__module__).setLevel(logging.ERROR)
     report = scan_dataset(d.root, d.caption_column)
     transform = Transform(d.resolution, d.crop, d.flip)
+    if accelerator.is_main_process:  # the first write: the models and the data are known to be usable
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / "config.yaml")
+        remove_stale_temporaries(out)
+    accelerator.wait_for_everyone()
     cache_dir = Path(d.cache_dir or out / "cache") if d.cache else None
     inputs = TrainingInputs(report.items, transform, frozen, t.seed, cache_dir, d.encode_batch_size)
     if cache_dir is not None:
@@ -175,7 +132,6 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     ema = EMA(params, t.ema_decay) if t.ema_decay else None
 
     step = 0
-    checkpoint = resolve_resume(out, resume)
     if checkpoint is not None:
         step = load_checkpoint(accelerator, checkpoint, ema)
         log.info("resumed from %s at step %d", checkpoint, step)
