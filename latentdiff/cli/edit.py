@@ -71,15 +71,15 @@ def add_parser(sub) -> None:
 
 
 def cmd_eval_edit(args) -> int:
+    from ..edit.attention import check_fraction
     from ..edit.inversion import NTI_FAST, NTI_REFERENCE
     from ..shapes.evaluate_edit import evaluate_editing, table
 
     if args.images < 1:
         raise ValueError(f"--images {args.images} must be at least 1")
     _check_fixed_point(args)
-    for flag, value in (("--cross-replace", args.cross_replace), ("--self-replace", args.self_replace)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{flag} {value} must be a fraction of the steps in [0, 1]")
+    check_fraction(args.cross_replace, "--cross-replace ")
+    check_fraction(args.self_replace, "--self-replace ")
     components = _components(args)
     summary = evaluate_editing(components, args.images, args.methods, steps=args.steps, guidance=args.guidance,
                                preset=NTI_REFERENCE if args.preset == "reference" else NTI_FAST,

@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_eval(args) -> int:
+    from ..core.guidance import check_rescale
     from ..core.samplers import get_sampler
     from ..models import vae_round_trip
     from ..pipelines import Pipeline
@@ -41,8 +42,8 @@ def cmd_eval(args) -> int:
     guidances = args.guidance or sorted({1.0, float(pipe.defaults.guidance)})
     if args.seeds < 1:
         raise ValueError(f"--seeds {args.seeds} must be at least 1")
-    if args.guidance_rescale is not None and not 0.0 <= args.guidance_rescale <= 1.0:
-        raise ValueError(f"--guidance-rescale {args.guidance_rescale} must be in [0, 1]")
+    if args.guidance_rescale is not None:
+        check_rescale(args.guidance_rescale, named="--guidance-rescale ")
     settings = dict(steps=args.steps, sampler=args.sampler, eta=args.eta, guidance_rescale=args.guidance_rescale)
     cfg = pipe.settings(**settings)  # validate before any work
     check_eta_given(args.eta, cfg.sampler)

@@ -10,6 +10,13 @@ import torch
 ConditionalModel = Callable[[torch.Tensor, int, Any], torch.Tensor]
 
 
+def check_rescale(rescale: float, named: str = "guidance_rescale=") -> None:
+    """ValueError unless the guidance rescale φ is in [0, 1]; ``named`` is how the message names it (a setting
+    ``"guidance_rescale="`` or a flag ``"--guidance-rescale "``)."""
+    if not 0.0 <= rescale <= 1.0:
+        raise ValueError(f"{named}{rescale!r} must be in [0, 1]")
+
+
 def rescale_guidance(guided: torch.Tensor, cond_output: torch.Tensor, rescale: float) -> torch.Tensor:
     """Blend the guided output with itself rescaled to the conditional output's per-sample std.
 
@@ -32,8 +39,7 @@ class CFGDenoiser:
     def __init__(self, model: ConditionalModel, cond, uncond=None, scale: float = 1.0, rescale: float = 0.0):
         if scale != 1.0 and uncond is None:
             raise ValueError(f"guidance scale={scale} needs an unconditional input (uncond)")
-        if not 0.0 <= rescale <= 1.0:
-            raise ValueError(f"guidance rescale={rescale!r} must be in [0, 1]")
+        check_rescale(rescale)
         self.model, self.cond, self.scale, self.rescale = model, cond, float(scale), float(rescale)
         self.both = None if scale == 1.0 else torch.cat([uncond, cond])
 

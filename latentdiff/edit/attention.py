@@ -45,6 +45,13 @@ BLEND_POOL = 3  # max-pool kernel that smooths the word map before thresholding 
 BLEND_RESOLUTION_DIVISOR = 4  # default map side = latent side / 4: SD's 16×16 layers at 512 px
 
 
+def check_fraction(value: float, named: str) -> None:
+    """ValueError unless ``value`` is a fraction of the steps in [0, 1]; ``named`` is how the message names it (a
+    setting ``"cross_replace="`` or a flag ``"--cross-replace "``)."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{named}{value!r} must be a fraction of the steps in [0, 1]")
+
+
 class AttentionController:
     """Edits the target branch's attention from the source branch's, step by step (prompt-to-prompt).
 
@@ -72,9 +79,8 @@ class AttentionController:
             raise ValueError(f"mode={mode!r} is not supported; choose one of {', '.join(map(repr, MODES))}")
         if not (isinstance(num_steps, int) and num_steps >= 1):
             raise ValueError(f"num_steps={num_steps!r} must be a positive integer")
-        for name, value in (("cross_replace", cross_replace), ("self_replace", self_replace)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}={value!r} must be a fraction of the steps in [0, 1]")
+        check_fraction(cross_replace, "cross_replace=")
+        check_fraction(self_replace, "self_replace=")
         if not 0.0 <= blend_threshold < 1.0:
             raise ValueError(f"blend_threshold={blend_threshold!r} must be in [0, 1)")
         self.length = tokenizer.model_max_length

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..core import samplers
+from ..core.guidance import check_rescale
 from ..models import Components
 
 GENERATION_CONFIG = "latentdiff_generation.json"  # optional per-model defaults in the model folder
@@ -40,7 +41,7 @@ class GenerationConfig:
 def resolve_settings(defaults: GenerationConfig, components: Components,
                      **overrides) -> tuple[GenerationConfig, samplers.Plan]:
     """``defaults`` with the given (non-None) overrides, validated (size and count here; sampler, steps and η by
-    the sampler registry's plan, which is returned; guidance rescale by the guidance wrapper)."""
+    the sampler registry's plan, which is returned; guidance rescale by the guidance wrapper's rule)."""
     cfg = replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
     factor = components.vae_scale_factor
     cfg.height = cfg.height or components.unet.config.sample_size * factor
@@ -50,6 +51,7 @@ def resolve_settings(defaults: GenerationConfig, components: Components,
         if value <= 0 or value % factor:
             near = max(factor, round(value / factor) * factor)
             raise ValueError(f"{name}={value} is not a positive multiple of the VAE factor {factor}; use e.g. {near}")
+    check_rescale(cfg.guidance_rescale)
     if cfg.num_images < 1:
         raise ValueError(f"num_images={cfg.num_images} must be at least 1")
     return cfg, samplers.plan(cfg.sampler, components.schedule, cfg.steps, cfg.eta)
