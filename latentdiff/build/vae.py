@@ -16,8 +16,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..models.pixels import MAX_LEVEL, as_uint8_images, from_pixels, to_pixels
 from ..models.device import make_accelerator
+from ..models.pixels import MAX_LEVEL, as_uint8_images, from_pixels, to_pixels
 from .lr import warmup_cosine
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .alignment import refinement_mapper, replacement_mapper, prompt_tokens, word_positions
+from .alignment import prompt_tokens, refinement_mapper, replacement_mapper, word_positions
 
 MODES = ("auto", "replace", "refine")
 SELF_REPLACE_MAX_QUERIES = 32**2  # the paper injects self-attention only in layers of ≤ 32×32 queries

@@ -8,10 +8,10 @@ from typing import Sequence
 import torch
 
 from ..core.guidance import UNetModel
-from ..models import Components
-from ..pipelines.prompts import encode_prompts
 from ..core.sampling import ddim_step
 from ..core.schedule import Schedule
+from ..models import Components
+from ..pipelines.prompts import encode_prompts
 
 NULL_PROMPT = ""  # the "null text" of classifier-free guidance
 

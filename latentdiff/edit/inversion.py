@@ -50,9 +50,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.guidance import CFGDenoiser
+from ..core.sampling import ddim_invert, ddim_sigma
 from ..models import Components
 from ..pipelines import GenerationConfig
-from ..core.sampling import ddim_invert, ddim_sigma
 from .denoise import NULL_PROMPT, embed, float32_model, guided_step, step_plan
 from .inversion_file import check_same_model, model_fingerprint, read_inversion, write_inversion
 from .null_text import NTI_FAST, NTI_REFERENCE, NTISettings, null_text_optimization

@@ -69,7 +69,8 @@ def check_model_folder(path: Path, need_unet: bool = True) -> None:
             raise ModelError(f"model folder '{path}' is missing its {folder}/ component ({folder}/{required})")
 
 
-def _check_weights(path: Path, folder: str, allow_pickle: bool) -> None:
+def check_weights(path: Path, folder: str, allow_pickle: bool) -> None:
+    """Raise a ModelError unless ``path/folder`` holds safetensors weights (or, with ``allow_pickle``, any)."""
     files = list((path / folder).glob("*.safetensors"))
     if files:
         return
@@ -138,7 +139,7 @@ def load_components(
     path = resolve_model_path(model).resolve()
     check_model_folder(path, need_unet=with_unet)
     for folder in ("unet", "vae", "text_encoder") if with_unet else ("vae", "text_encoder"):
-        _check_weights(path, folder, allow_pickle)
+        check_weights(path, folder, allow_pickle)
     safetensors = None if allow_pickle else True
     try:
         unet = None

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..edit.attention import AttentionController
+from ..edit.inversion import NTI_FAST, NTISettings, invert, sample_edit
 from ..edit.metrics import psnr, ssim
 from ..models import Components, decode_latents, to_uint8
-from ..edit.attention import AttentionController
 from ..pipelines.image_input import encode_image
-from ..edit.inversion import NTI_FAST, NTISettings, invert, sample_edit
 
 IOU_TARGET = 0.8
 

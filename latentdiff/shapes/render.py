@@ -10,7 +10,17 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .world import BACKGROUNDS, COLORS, GRID_ANCHORS, IMAGE_SIZE, POSITION_JITTER, POSITIONS, SIZE_JITTER, SIZES, check_attributes
+from .world import (
+    BACKGROUNDS,
+    COLORS,
+    GRID_ANCHORS,
+    IMAGE_SIZE,
+    POSITION_JITTER,
+    POSITIONS,
+    SIZE_JITTER,
+    SIZES,
+    check_attributes,
+)
 
 SUPERSAMPLE = 4  # samples per pixel along each axis
 SQUARE_HALF_SIDE = 0.9  # × R: a square of about the same area as the circle of radius R

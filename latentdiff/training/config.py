@@ -69,7 +69,7 @@ class TrainConfig:
     noise_offset: float = 0.0
     ema_decay: Optional[float] = 0.9999  # None disables EMA
     checkpoint_every: int = 500
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # the newest K are kept; 0 keeps every one
     log_every: int = 10
     validate_every: int = 0  # 0 disables validation
     validation_prompts: list = field(default_factory=list)

@@ -32,9 +32,8 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional, Sequence, Union
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ..core.schedule import check_choice
 from ..models.pixels import image_to_pixels

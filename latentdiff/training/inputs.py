@@ -18,10 +18,10 @@ from typing import Optional
 
 import torch
 
-from .cache import TensorCache, content_key, module_identity
-from .data import Item, Transform, load_image, pick_caption, sample_rng
 from ..models import Components, encode_images, scale_latents
 from ..pipelines.prompts import encode_prompts
+from .cache import TensorCache, content_key, module_identity
+from .data import Item, Transform, load_image, pick_caption, sample_rng
 
 log = logging.getLogger(__name__)
 
