@@ -23,8 +23,9 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 
-from latentdiff.core.dpm_solver import dpm_timesteps, sample_dpmpp_2m
-from latentdiff.core.euler import euler_timesteps, sample_euler
+from latentdiff.core.dpm_solver import sample_dpmpp_2m
+from latentdiff.core.euler import sample_euler
+from latentdiff.core.samplers import plan
 from latentdiff.core.sampling import ddim_invert, sample_ddim, sample_ddpm
 from latentdiff.core.schedule import Schedule
 
@@ -58,7 +59,7 @@ def cases(steps: int, out: torch.Tensor):
            lambda x: diffusers_loop(ddpm, out, x, generator=g()))
     yield ("DDIM inversion", lambda x: ddim_invert(zero_cost, x, schedule, ts),
            lambda x: diffusers_loop(inverse, out, x))
-    dpm_ts = dpm_timesteps(steps, 1000, "leading", 1)
+    dpm_ts = plan("dpmpp-2m", schedule, steps).timesteps  # the registry's plan: leading, steps_offset 1
     for sde in (False, True):
         ref = DPMSolverMultistepScheduler(**{k: v for k, v in SD.items() if k not in ("clip_sample", "set_alpha_to_one")},
                                           timestep_spacing="leading",
@@ -69,7 +70,8 @@ def cases(steps: int, out: torch.Tensor):
             return diffusers_loop(ref, out, x, generator=g())
         yield (f"DPM++ 2M{' SDE' if sde else ''}",
                lambda x, sde=sde: sample_dpmpp_2m(zero_cost, x, schedule, dpm_ts, sde=sde, generator=g()), theirs)
-    euler_ts, sigmas = euler_timesteps(schedule, steps)
+    euler = plan("euler", schedule, steps)
+    euler_ts, sigmas = euler.timesteps, euler.kwargs["sigmas"]
     for cls, ancestral in ((EulerDiscreteScheduler, False), (EulerAncestralDiscreteScheduler, True)):
         ref = cls(**{k: v for k, v in SD.items() if k not in ("clip_sample", "set_alpha_to_one")},
                   timestep_spacing="leading")
