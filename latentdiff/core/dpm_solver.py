@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .sampling import Callback, Denoiser, Generators, randn_like
+from .sampling import Callback, Denoiser, Generators, StepHook, randn_like
 from .schedule import TIMESTEP_SPACINGS, Schedule, check_choice, check_steps, noise_levels, x0_eps_coefficients
 
 
@@ -79,6 +79,7 @@ def sample_dpmpp_2m(
     sde: bool = False,
     generator: Generators = None,
     callback: Optional[Callback] = None,
+    after_step: Optional[StepHook] = None,
     disable_progress: bool = True,
 ) -> torch.Tensor:
     """DPM-Solver++ 2M (``sde=False``, deterministic) or 2M SDE from x_T over descending ``timesteps``.
@@ -118,4 +119,6 @@ def sample_dpmpp_2m(
             else:
                 x = torch.add(x * (sigma_t / sigma_s), d, alpha=-alpha_t * math.expm1(-h))
         previous = (x0, lambda_s)
+        if after_step is not None:
+            x = after_step(i, x)
     return x

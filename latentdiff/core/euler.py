@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .sampling import Callback, Denoiser, Generators, randn_like
+from .sampling import Callback, Denoiser, Generators, StepHook, randn_like
 from .schedule import Schedule, check_steps, noise_levels, x0_eps_coefficients
 
 
@@ -60,6 +60,7 @@ def sample_euler(
     noise_scale: float = 1.0,
     generator: Generators = None,
     callback: Optional[Callback] = None,
+    after_step: Optional[StepHook] = None,
     disable_progress: bool = True,
 ) -> torch.Tensor:
     """Euler (``ancestral=False``) or Euler ancestral sampling from noise ``x`` ~ N(0, I) over ``timesteps`` and their
@@ -85,4 +86,7 @@ def sample_euler(
         y = torch.add(y * (k_down / k), x0, alpha=1 - k_down / k)  # 3. y + (k↓ − k)(y − x̂_0)/k
         if ancestral:
             y = y.add_(noise, alpha=k_up)
+        if after_step is not None:  # the hook sees x = y/√(k'²+1), as every sampler's latents
+            scale = math.sqrt(k_next * k_next + 1)
+            y = after_step(i, y / scale) * scale
     return y

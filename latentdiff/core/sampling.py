@@ -21,6 +21,9 @@ from .schedule import Schedule, x0_eps_coefficients
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 Callback = Callable[[dict], None]
+# after_step(i, x) -> x: called after step i with the latents it produced (at the next step's noise level, or the
+# result after the last step); what it returns continues the run, as diffusers' inpainting re-imposes known pixels
+StepHook = Callable[[int, torch.Tensor], torch.Tensor]
 
 FIXED_POINT_TOL = 1e-3  # fixed-point inversion stops once an update moves x_t by less than this of its RMS
 
@@ -108,17 +111,21 @@ def sample_ddim(
     timesteps: Sequence[int],
     *,
     eta: float = 0.0,
+    stride: Optional[int] = None,
     generator: Generators = None,
     callback: Optional[Callback] = None,
+    after_step: Optional[StepHook] = None,
     disable_progress: bool = True,
 ) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021) from x_T over descending ``timesteps``; η = 0 is deterministic.
 
-    As in diffusers' ``DDIMScheduler``, the step from t lands on t − T//N (N = len(timesteps)), and
-    past t = 0 on ``schedule.final_alpha_cumprod``. Noise z ~ N(0, I) is drawn at every step when η > 0.
+    As in diffusers' ``DDIMScheduler``, the step from t lands on t − T//N, and past t = 0 on
+    ``schedule.final_alpha_cumprod``; N = len(timesteps) unless ``stride`` (T//N) is given, as it is when
+    ``timesteps`` are the tail of an N-step schedule (image to image). Noise z ~ N(0, I) is drawn at every step
+    when η > 0.
     """
     check_eta(eta)
-    stride = schedule.num_train_timesteps // len(timesteps)
+    stride = stride or schedule.num_train_timesteps // len(timesteps)
     clip = schedule.clip_sample_range if schedule.clip_sample else None
     for i, t in enumerate(tqdm(timesteps, disable=disable_progress, desc="DDIM")):
         a, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t - stride)
@@ -127,6 +134,8 @@ def sample_ddim(
         _report(callback, i, t, x, model_output, schedule)
         noise = randn_like(x, generator) if eta > 0 else None  # 2. draw z as diffusers does
         x = ddim_step(x, model_output, a, a_prev, schedule.prediction_type, sigma=sigma, noise=noise, clip=clip)
+        if after_step is not None:
+            x = after_step(i, x)
     return x
 
 
@@ -234,6 +243,7 @@ def sample_ddpm(
     *,
     generator: Generators = None,
     callback: Optional[Callback] = None,
+    after_step: Optional[StepHook] = None,
     disable_progress: bool = True,
 ) -> torch.Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2) over descending ``timesteps``.
@@ -253,4 +263,6 @@ def sample_ddpm(
             x, model_output, a, a_prev, schedule.prediction_type,
             variance_type=schedule.variance_type, noise=noise, clip=clip,
         )
+        if after_step is not None:
+            x = after_step(i, x)
     return x
