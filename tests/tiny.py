@@ -12,11 +12,13 @@ SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=
                     clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading")
 
 
-def tiny_components(prediction_type="epsilon", vae_factor=8, seed=0, context=16, sample_size=8, sd2=False):
-    """sd2=True: Stable Diffusion 2.x's layout traits (linear projections, per-block head dims, '!' padding)."""
+def tiny_components(prediction_type="epsilon", vae_factor=8, seed=0, context=16, sample_size=8, sd2=False,
+                    inpainting=False):
+    """sd2=True: Stable Diffusion 2.x's layout traits (linear projections, per-block head dims, '!' padding);
+    inpainting=True: a 9-channel UNet (latents, mask, masked-image latents), as SD's inpainting models."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        sample_size=sample_size, in_channels=9 if inpainting else 4, out_channels=4, layers_per_block=1,
         block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
         attention_head_dim=(2, 4) if sd2 else 8, use_linear_projection=sd2, norm_num_groups=32,

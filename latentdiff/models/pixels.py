@@ -35,7 +35,7 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 def image_to_pixels(image: Image.Image) -> torch.Tensor:
     """An image (any mode, converted to RGB) → float32 (3, H, W) in [-1, 1], contiguous."""
-    array = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+    array = np.array(image.convert("RGB"))  # a writable copy, as torch.from_numpy wants
     return to_pixels(torch.from_numpy(array)[None])[0].contiguous()
 
 

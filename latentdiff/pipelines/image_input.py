@@ -1,6 +1,8 @@
-"""The image to edit: any size and mode in, an RGB image of the model's size out (with notes of what was done).
+"""Images in: any file, mode and size to an 8-bit RGB image of the size wanted, with notes of what was done.
 
-    load_edit_image(path, size, multiple_of=1) -> (Image.Image, notes)   # resize shorter side, center crop
+    read_image(path) -> (Image.Image, notes)                             # EXIF, transparency on white, 16-bit, ...
+    fit_image(image, size, multiple_of=1) -> (Image.Image, notes)        # resize shorter side, center crop
+    load_edit_image(path, size, multiple_of=1) -> (Image.Image, notes)   # both
     default_edit_size(components) -> (height, width)                     # unet.sample_size × VAE factor
     encode_image(components, image) -> (1, C, H/f, W/f)                  # scaled posterior mean
 """
@@ -71,16 +73,9 @@ def _mode_note(image: Image.Image) -> str | None:
     return None
 
 
-def load_edit_image(path: Union[str, os.PathLike], size: Size, *,
-                    multiple_of: int = 1) -> tuple[Image.Image, list[str]]:
-    """The image at ``path`` as 8-bit RGB of ``size``: EXIF orientation applied, transparency put on white,
-    the shorter side resized (Lanczos) to cover ``size``, then center-cropped. Returns (image, notes) where
-    notes say, in words, every change made. ValueError (one line) when the file cannot be read as an image.
-    """
-    height, width = _pair(size)
-    if height < 1 or width < 1 or height % multiple_of or width % multiple_of:
-        raise ValueError(f"image size {width}×{height} (width×height) must be positive multiples of the VAE factor "
-                         f"{multiple_of}")
+def read_image(path: Union[str, os.PathLike]) -> tuple[Image.Image, list[str]]:
+    """The image file at ``path`` as 8-bit RGB: EXIF orientation applied, transparency put on white. Returns (image,
+    notes) where notes say, in words, every change made. ValueError (one line) when it cannot be read as an image."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -103,22 +98,43 @@ def load_edit_image(path: Union[str, os.PathLike], size: Size, *,
     note = _mode_note(image)
     if note:
         notes.append(note)
-    image = to_rgb(image)
+    return to_rgb(image), notes
 
+
+def fit_image(image: Image.Image, size: Size, *, multiple_of: int = 1,
+              resample=RESAMPLE) -> tuple[Image.Image, list[str]]:
+    """``image`` at ``size`` (height, width): the shorter side resized (Lanczos) to cover it, then center-cropped.
+    Returns (image, notes), the notes saying what was done; ValueError unless the size is a positive multiple of
+    ``multiple_of`` (the VAE factor)."""
+    height, width = _pair(size)
+    if height < 1 or width < 1 or height % multiple_of or width % multiple_of:
+        raise ValueError(f"image size {width}×{height} (width×height) must be positive multiples of the VAE factor "
+                         f"{multiple_of}")
     w, h = image.size
     scale = max(width / w, height / h)  # cover the target, then crop the excess of the longer side
     resized = (max(width, round(w * scale)), max(height, round(h * scale)))
     steps = []
     if resized != (w, h):
-        image = image.resize(resized, RESAMPLE)
+        image = image.resize(resized, resample)
         steps.append(f"{'upscaled' if scale > 1 else 'resized'} {w}×{h} → {resized[0]}×{resized[1]}")
     if resized != (width, height):
         left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
         image = image.crop((left, top, left + width, top + height))
         steps.append(f"center-cropped to {width}×{height}")
-    if steps:
-        notes.append(", ".join(steps))
-    return image, notes
+    return image, [", ".join(steps)] if steps else []
+
+
+def load_edit_image(path: Union[str, os.PathLike], size: Size, *,
+                    multiple_of: int = 1) -> tuple[Image.Image, list[str]]:
+    """The image at ``path`` as 8-bit RGB of ``size``: :func:`read_image`, then :func:`fit_image`. Returns (image,
+    notes); ValueError (one line) when the file cannot be read as an image or the size is not allowed."""
+    height, width = _pair(size)
+    if height < 1 or width < 1 or height % multiple_of or width % multiple_of:
+        raise ValueError(f"image size {width}×{height} (width×height) must be positive multiples of the VAE factor "
+                         f"{multiple_of}")
+    image, notes = read_image(path)
+    image, fitted = fit_image(image, size, multiple_of=multiple_of)
+    return image, notes + fitted
 
 
 def encode_image(components: Components, image: Image.Image) -> torch.Tensor:

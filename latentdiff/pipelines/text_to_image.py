@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ..core.guidance import CFGDenoiser, UNetModel
+from ..core import samplers
 from ..core.samplers import Plan
 from ..core.sampling import randn
 from ..models import Components, decode_latents, load_components, save_components, to_uint8
@@ -63,10 +64,15 @@ class Pipeline:
         self._plans[(cfg.sampler, cfg.steps, cfg.eta)] = plan
         return cfg
 
-    def _plan(self, cfg: GenerationConfig) -> Plan:
-        key = (cfg.sampler, cfg.steps, cfg.eta)
-        if key not in self._plans:
+    def plan(self, cfg: GenerationConfig, strength: Optional[float] = None) -> Plan:
+        """The sampler's plan for validated settings (planned once per settings); ``strength``: image to image."""
+        if (cfg.sampler, cfg.steps, cfg.eta) not in self._plans:
             self.settings(**asdict(cfg))
+        if strength is None:
+            return self._plans[(cfg.sampler, cfg.steps, cfg.eta)]
+        key = (cfg.sampler, cfg.steps, cfg.eta, strength)
+        if key not in self._plans:
+            self._plans[key] = samplers.plan(cfg.sampler, self.components.schedule, cfg.steps, cfg.eta, strength)
         return self._plans[key]
 
     def generate(self, prompt: Union[str, Sequence[str]], *, settings: Optional[GenerationConfig] = None,
@@ -80,29 +86,59 @@ class Pipeline:
         if settings is not None and overrides:
             raise ValueError("pass either settings or overrides, not both")
         cfg = settings if settings is not None else self.settings(**overrides)
-        plan = self._plan(cfg)
+        plan = self.plan(cfg)
         c = self.components
+        if c.unet.config.in_channels != latent_channels(c):
+            raise ValueError(f"model '{self.model_name}' has an inpainting UNet ({c.unet.config.in_channels} input "
+                             "channels: latents, mask, masked image); use inpaint (latentdiff inpaint) with it")
         prompts = [p for p in prompts for _ in range(cfg.num_images)]  # (B,) prompt-major
         seeds = [cfg.seed + i for i in range(len(prompts))]
         generators = [torch.Generator().manual_seed(s) for s in seeds]  # CPU, as diffusers with a CPU generator
-
-        cond = encode_prompts(c, prompts)  # (B, L, D)
-        uncond = encode_prompts(c, [cfg.negative_prompt] * len(prompts)) if cfg.guidance != 1 else None
-        shape = (len(prompts), c.unet.config.in_channels, cfg.height // c.vae_scale_factor,
-                 cfg.width // c.vae_scale_factor)
-        latents = randn(shape, generators, cond.dtype, c.device)  # (B, C, H/f, W/f)
-        denoiser = CFGDenoiser(UNetModel(c.unet), cond, uncond, cfg.guidance, cfg.guidance_rescale)
+        denoiser = self.denoiser(prompts, cfg)
+        shape = (len(prompts), latent_channels(c), cfg.height // c.vae_scale_factor, cfg.width // c.vae_scale_factor)
+        latents = randn(shape, generators, denoiser.cond.dtype, c.device)  # (B, C, H/f, W/f)
         with torch.inference_mode():
             latents = plan(denoiser, latents, c.schedule, generator=generators, callback=callback,
                            disable_progress=not progress)
-            pixels = to_uint8(decode_latents(c, latents))
+        return self.decode(latents, prompts, seeds, cfg)
 
+    def denoiser(self, prompts: Sequence[str], cfg: GenerationConfig, model=None) -> CFGDenoiser:
+        """The guided denoiser of ``prompts`` (one per sample) with ``cfg``'s negative prompt and guidance;
+        ``model`` replaces the plain UNet adapter (e.g. an inpainting UNet's extra input channels)."""
+        c = self.components
+        cond = encode_prompts(c, prompts)  # (B, L, D)
+        uncond = encode_prompts(c, [cfg.negative_prompt] * len(prompts)) if cfg.guidance != 1 else None
+        return CFGDenoiser(model or UNetModel(c.unet), cond, uncond, cfg.guidance, cfg.guidance_rescale)
+
+    def decode(self, latents: torch.Tensor, prompts: Sequence[str], seeds: Sequence[int], cfg: GenerationConfig,
+               **extra_params) -> list[Generated]:
+        """Decoded images, each with the parameters that make it again (``extra_params`` added)."""
+        c = self.components
+        with torch.inference_mode():
+            pixels = to_uint8(decode_latents(c, latents))
         out = []
         for p, s, array in zip(prompts, seeds, pixels):
             params = dict(asdict(cfg), prompt=p, seed=s, num_images=1, model=self.model_name,
-                          dtype=str(c.dtype).removeprefix("torch."))
+                          dtype=str(c.dtype).removeprefix("torch."), **extra_params)
             out.append(Generated(Image.fromarray(array), params))
         return out
 
     def __call__(self, prompt: Union[str, Sequence[str]], **kwargs) -> list[Image.Image]:
         return [g.image for g in self.generate(prompt, **kwargs)]
+
+    def img2img(self, prompt: Union[str, Sequence[str]], image, *, strength: float = 0.75, **kwargs) -> list[Generated]:
+        """Rework ``image`` at ``strength``: :func:`latentdiff.pipelines.image_to_image.img2img`."""
+        from .image_to_image import img2img
+
+        return img2img(self, prompt, image, strength=strength, **kwargs)
+
+    def inpaint(self, prompt: Union[str, Sequence[str]], image, mask, **kwargs) -> list[Generated]:
+        """Repaint where ``mask`` is white: :func:`latentdiff.pipelines.inpaint.inpaint`."""
+        from .inpaint import inpaint
+
+        return inpaint(self, prompt, image, mask, **kwargs)
+
+
+def latent_channels(components: Components) -> int:
+    """Channels of the diffusion latents: the VAE's (an inpainting UNet takes more, its input has mask channels)."""
+    return components.vae.config.latent_channels
