@@ -18,6 +18,7 @@ def tiny_models(tmp_path_factory):
         for p, f in [("epsilon", 8), ("v_prediction", 4)]
     }
     models["sd2"] = save_tiny(root / "sd2", prediction_type="v_prediction", vae_factor=8, sd2=True)
+    models["inpaint"] = save_tiny(root / "inpaint", inpainting=True)  # a 9-channel inpainting UNet
     return models
 
 
