@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import edit, evaluate, generate, selfcheck, shapes, train
+from . import edit, evaluate, generate, image_to_image, selfcheck, shapes, train
 from .common import EXIT_INTERRUPTED, EXIT_USAGE, Parser, setup_logging
 
-COMMANDS = (generate, train, evaluate, edit, shapes, selfcheck)  # each adds its parser(s) with set_defaults(run=...)
+COMMANDS = (generate, image_to_image, train, evaluate, edit, shapes, selfcheck)  # each adds its parser(s) with set_defaults(run=...)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,12 @@ from .common import add_model_args, check_eta_given, quiet_libraries, resolve_mo
 
 def add_parser(sub) -> None:
     gen = sub.add_parser("generate", help="text to image", description="Generate images from a text prompt.")
+    add_generation_args(gen)
+    gen.set_defaults(run=cmd_generate)
+
+
+def add_generation_args(gen, size_default: str = "the model's") -> None:
+    """The options of every command that generates images (generate, img2img, inpaint)."""
     gen.add_argument("prompt", nargs="*", help="the prompt (several words are joined); or use --from-file")
     gen.add_argument("--from-file", type=Path, help="a text file with one prompt per line")
     gen.add_argument("--negative-prompt", help="what to steer away from (default: empty)")
@@ -22,12 +28,11 @@ def add_parser(sub) -> None:
     gen.add_argument("--eta", type=float, help="DDIM η: 0 deterministic (default), 1 DDPM-like")
     gen.add_argument("--seed", type=int, help="seed of image 0; image i uses seed + i (default 0)")
     gen.add_argument("--num-images", type=int, help="images per prompt (default 1)")
-    gen.add_argument("--height", type=int, help="pixels, a multiple of the VAE factor (default: the model's)")
-    gen.add_argument("--width", type=int, help="pixels, a multiple of the VAE factor (default: the model's)")
+    gen.add_argument("--height", type=int, help=f"pixels, a multiple of the VAE factor (default: {size_default})")
+    gen.add_argument("--width", type=int, help=f"pixels, a multiple of the VAE factor (default: {size_default})")
     gen.add_argument("--output", "-o", default="outputs/image.png",
                      help="PNG file, or a folder ending in /; several images are numbered and gridded")
     gen.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    gen.set_defaults(run=cmd_generate)
 
 
 def read_prompts(args) -> list[str]:
@@ -45,22 +50,46 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
-def cmd_generate(args) -> int:
+def load_pipeline(args):
     from ..pipelines import Pipeline
-    from ..pipelines.images import check_writable, grid, output_paths, save_png
 
-    prompts = read_prompts(args)
     model = resolve_model(args.model)
     quiet_libraries()
-    pipe = Pipeline.from_pretrained(model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
+    return Pipeline.from_pretrained(model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
                                     lora=args.lora, lora_scale=args.lora_scale)
+
+
+def settings(args, pipe, **size):
+    """The generation settings from the options, validated once (``size``: height/width decided by the command)."""
     cfg = pipe.settings(negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
                         guidance_rescale=args.guidance_rescale, sampler=args.sampler, eta=args.eta, seed=args.seed,
-                        num_images=args.num_images, height=args.height, width=args.width)  # validated once, here
+                        num_images=args.num_images, **{"height": args.height, "width": args.width, **size})
     check_eta_given(args.eta, cfg.sampler)
-    paths = output_paths(args.output, len(prompts) * cfg.num_images)
+    return cfg
+
+
+def output_paths_checked(args, count: int) -> list:
+    from ..pipelines.images import check_writable, output_paths
+
+    paths = output_paths(args.output, count)
     check_writable(paths[0])
+    return paths
+
+
+def cmd_generate(args) -> int:
+    prompts = read_prompts(args)
+    pipe = load_pipeline(args)
+    cfg = settings(args, pipe)
+    paths = output_paths_checked(args, len(prompts) * cfg.num_images)
     results = pipe.generate(prompts, settings=cfg, progress=not args.quiet)
+    save_results(paths, results, prompts, cfg)
+    return 0
+
+
+def save_results(paths, results, prompts, cfg) -> None:
+    """Each image with its parameters, one path per line on stdout, and a grid when there are several."""
+    from ..pipelines.images import grid, save_png
+
     for path, result in zip(paths, results):
         save_png(result.image, path, result.params)
         print(path)
@@ -68,4 +97,3 @@ def cmd_generate(args) -> int:
         path = paths[0].with_name(paths[0].stem.rsplit("-", 1)[0] + "-grid.png")
         save_png(grid([r.image for r in results], columns=cfg.num_images if len(prompts) > 1 else None), path)
         print(path)
-    return 0

@@ -51,6 +51,27 @@ def mask_tensors(mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
     return (soft >= 0.5).float(), soft
 
 
+def extend_canvas(image: Image.Image, extend: dict, multiple_of: int = 1) -> tuple[Image.Image, Image.Image, list]:
+    """Outpainting's input: ``image`` padded by ``extend`` pixels per side (left/top/right/bottom), each rounded up
+    to a multiple of ``multiple_of`` (the VAE factor) with a note, the new border filled by repeating the edge
+    pixels; and the mask, white on the new border. Returns (canvas, mask, notes)."""
+    notes, pads = [], {}
+    for side in ("left", "top", "right", "bottom"):
+        px = int(extend.get(side, 0))
+        if px < 0:
+            raise ValueError(f"extend {side}={px} must be >= 0 pixels")
+        pads[side] = -(-px // multiple_of) * multiple_of
+        if pads[side] != px:
+            notes.append(f"{side}={px} rounded up to {pads[side]}, a multiple of the VAE factor {multiple_of}")
+    array = np.asarray(image.convert("RGB"))
+    (top, bottom), (left, right) = (pads["top"], pads["bottom"]), (pads["left"], pads["right"])
+    canvas = np.pad(array, ((top, bottom), (left, right), (0, 0)), mode="edge")
+    mask = np.full(canvas.shape[:2], MAX_LEVEL, dtype=np.uint8)
+    mask[top : top + array.shape[0], left : left + array.shape[1]] = 0
+    notes.append(f"canvas {image.width}×{image.height} → {canvas.shape[1]}×{canvas.shape[0]}, the new border painted")
+    return Image.fromarray(canvas), Image.fromarray(mask), notes
+
+
 class MaskedUNetModel:
     """An inpainting UNet as ``model(x, t, cond)``: its input is [x, mask, masked-image latents] along channels,
     the extra channels repeated over the classifier-free-guidance batch."""
