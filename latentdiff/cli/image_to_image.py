@@ -56,15 +56,18 @@ def parse_extend(text: str) -> dict[str, int]:
 
 
 def _input(args, pipe):
-    """The input image at its output size (notes logged)."""
+    """The input image at its output size, and notes of what was done to it."""
     from ..pipelines.image_input import read_image
     from ..pipelines.image_to_image import prepare_image
 
     image, notes = read_image(args.image)
     image, fitted = prepare_image(image, pipe.components, args.height, args.width)
-    for note in notes + fitted:
-        log.info("%s: %s", args.image, note)
-    return image
+    return image, [f"{args.image}: {note}" for note in notes + fitted]
+
+
+def _say(notes) -> None:
+    for note in notes:
+        log.info("%s", note)
 
 
 def cmd_img2img(args) -> int:
@@ -74,10 +77,11 @@ def cmd_img2img(args) -> int:
     prompts = read_prompts(args)
     read_image(args.image)  # a bad file is reported before the model loads
     pipe = load_pipeline(args)
-    image = _input(args, pipe)
+    image, notes = _input(args, pipe)
     cfg = settings(args, pipe, height=image.height, width=image.width)
     check_strength(args.strength, cfg.steps)
     paths = output_paths_checked(args, len(prompts) * cfg.num_images)
+    _say(notes)  # what was done to the input, once every setting is known to be good
     results = pipe.img2img(prompts, image, strength=args.strength, settings=cfg, progress=not args.quiet)
     for result in results:
         result.params["image"] = str(args.image)
@@ -97,18 +101,18 @@ def cmd_inpaint(args) -> int:
     read_image(args.image)
     mask = read_image(args.mask)[0] if args.mask is not None else None
     pipe = load_pipeline(args)
-    image = _input(args, pipe)
+    image, notes = _input(args, pipe)
     if extend is not None:
-        image, mask, notes = extend_canvas(image, extend, pipe.components.vae_scale_factor)
-        for note in notes:
-            log.info("--extend: %s", note)
+        image, mask, said = extend_canvas(image, extend, pipe.components.vae_scale_factor)
+        notes += [f"--extend: {note}" for note in said]
     else:
-        mask, notes = prepare_mask(mask, image.size, 0)  # sized now; blurred by inpaint
-        for note in notes:
-            log.info("%s: %s", args.mask, note)
+        mask, said = prepare_mask(mask, image.size, 0)  # sized now; blurred by inpaint
+        notes += [f"{args.mask}: {note}" for note in said]
+    prepare_mask(mask, mask.size, args.mask_blur)  # checks the blur
     cfg = settings(args, pipe, height=image.height, width=image.width)
     check_strength(args.strength, cfg.steps)
     paths = output_paths_checked(args, len(prompts) * cfg.num_images)
+    _say(notes)
     results = pipe.inpaint(prompts, image, mask, strength=args.strength, mask_blur=args.mask_blur,
                            composite=not args.no_composite, settings=cfg, progress=not args.quiet)
     for result in results:
