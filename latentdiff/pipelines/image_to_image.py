@@ -8,7 +8,7 @@ are a sample of q(z | x) drawn with image i's generator, then its noise; the sam
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from PIL import Image
@@ -45,9 +45,9 @@ def prepare_image(image: ImageInput, components: Components, height: Optional[in
 
 def sample_latents(components: Components, pixels: torch.Tensor, generators: Generators, count: int,
                    dtype: torch.dtype) -> torch.Tensor:
-    """(count, C, h, w) diffusion latents of one image's ``pixels`` (1, 3, H, W) in [-1, 1]: a sample of q(z | x)
-    per generator, scaled (diffusers' ``retrieve_latents(vae.encode(image), generator)``, sample_mode 'sample')."""
-    mean, std = encode_images(components, pixels)  # (1, C, h, w) float32 each
+    """(count, C, h, w) diffusion latents of ``pixels`` (1 or count, 3, H, W) in [-1, 1]: a sample of q(z | x) per
+    generator, scaled (diffusers' ``retrieve_latents(vae.encode(image), generator)``, sample_mode 'sample')."""
+    mean, std = encode_images(components, pixels)  # (1 or count, C, h, w) float32 each
     mean, std = mean.to(dtype), std.to(dtype)
     draws = randn((count, *mean.shape[1:]), generators, dtype, components.device)
     return scale_latents(components, mean + std * draws)
@@ -59,27 +59,35 @@ def img2img(pipe: Pipeline, prompt: Union[str, Sequence[str]], image: ImageInput
     """Images for each prompt × num_images from ``image`` reworked at ``strength`` (0: unchanged, 1: all steps,
     the image only through its noised latents); image i uses seed + i. ``notes`` collects what was done to the
     input image (resized, converted)."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not prompts:
-        raise ValueError("no prompts given; pass at least one prompt")
     c = pipe.components
     if settings is None:  # the image's own size unless height/width are given
         picture, said = prepare_image(image, c, overrides.get("height"), overrides.get("width"))
-        cfg = pipe.settings(**{**overrides, "height": picture.height, "width": picture.width})
+        overrides = {**overrides, "height": picture.height, "width": picture.width}
     else:
-        cfg = settings
-        picture, said = prepare_image(image, c, cfg.height, cfg.width)
-    plan = pipe.plan(cfg, strength)
+        picture, said = prepare_image(image, c, settings.height, settings.width)
+    cfg, prompts, seeds = pipe.batch(prompt, settings, overrides)
     if notes is not None:
         notes.extend(said)
-    prompts = [p for p in prompts for _ in range(cfg.num_images)]  # (B,) prompt-major
-    seeds = [cfg.seed + i for i in range(len(prompts))]
+    pixels = image_to_pixels(picture)[None]  # (1, 3, H, W)
+    latents = rework(pipe, prompts, seeds, cfg, strength,
+                     lambda generators, dtype: sample_latents(c, pixels, generators, len(prompts), dtype),
+                     progress=progress, callback=callback)
+    return pipe.decode(latents, prompts, seeds, cfg, strength=strength)
+
+
+def rework(pipe: Pipeline, prompts: Sequence[str], seeds: Sequence[int], cfg: GenerationConfig, strength: float,
+           encode: Callable[[list, torch.dtype], torch.Tensor], *, progress: bool = False,
+           callback=None) -> torch.Tensor:
+    """Latents (B, C, h, w) sampled from ``encode(generators, dtype)`` (the images' latents, drawn first with each
+    image's generator) noised to ``strength``'s level with the same generators."""
+    c = pipe.components
+    pipe.require_plain_unet()
+    plan = pipe.plan(cfg, strength)
     generators = [torch.Generator().manual_seed(s) for s in seeds]  # per image: its latent sample, then its noise
     denoiser = pipe.denoiser(prompts, cfg)
     dtype = denoiser.cond.dtype
     with torch.inference_mode():
-        x0 = sample_latents(c, image_to_pixels(picture)[None], generators, len(prompts), dtype)  # (B, C, h, w)
+        x0 = encode(generators, dtype)  # (B, C, h, w)
         noise = randn(x0.shape, generators, dtype, c.device)
-        latents = plan(denoiser, plan.noised(x0, noise), c.schedule, generator=generators, callback=callback,
-                       disable_progress=not progress)
-    return pipe.decode(latents, prompts, seeds, cfg, strength=strength)
+        return plan(denoiser, plan.noised(x0, noise), c.schedule, generator=generators, callback=callback,
+                    disable_progress=not progress)

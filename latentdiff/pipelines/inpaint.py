@@ -90,16 +90,13 @@ def inpaint(pipe: Pipeline, prompt: Union[str, Sequence[str]], image: ImageInput
             notes: Optional[list] = None, **overrides) -> list[Generated]:
     """Images for each prompt × num_images: ``image`` repainted where ``mask`` is white (``strength`` < 1 starts
     from the image noised, as img2img); image i uses seed + i."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not prompts:
-        raise ValueError("no prompts given; pass at least one prompt")
     c = pipe.components
-    if settings is None:
+    if settings is None:  # the image's own size unless height/width are given
         picture, said = prepare_image(image, c, overrides.get("height"), overrides.get("width"))
-        cfg = pipe.settings(**{**overrides, "height": picture.height, "width": picture.width})
+        overrides = {**overrides, "height": picture.height, "width": picture.width}
     else:
-        cfg = settings
-        picture, said = prepare_image(image, c, cfg.height, cfg.width)
+        picture, said = prepare_image(image, c, settings.height, settings.width)
+    cfg, prompts, seeds = pipe.batch(prompt, settings, overrides)
     channels = latent_channels(c)
     unet_channels = c.unet.config.in_channels
     if unet_channels not in (channels, 2 * channels + 1):
@@ -113,8 +110,6 @@ def inpaint(pipe: Pipeline, prompt: Union[str, Sequence[str]], image: ImageInput
     binary, soft = mask_tensors(gray)  # (1, 1, H, W)
     pixels = image_to_pixels(picture)[None]  # (1, 3, H, W) in [-1, 1]
 
-    prompts = [p for p in prompts for _ in range(cfg.num_images)]  # (B,) prompt-major
-    seeds = [cfg.seed + i for i in range(len(prompts))]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     B, h, w = len(prompts), picture.height // c.vae_scale_factor, picture.width // c.vae_scale_factor
     with torch.inference_mode():

@@ -80,27 +80,42 @@ class Pipeline:
         """Images for each prompt × num_images; image i uses seed + i (reproducible alone).
 
         ``settings``: what :meth:`settings` returned (already validated); else the defaults with ``overrides``."""
+        cfg, prompts, seeds = self.batch(prompt, settings, overrides)
+        latents = self.sample(prompts, seeds, cfg, progress=progress, callback=callback)
+        return self.decode(latents, prompts, seeds, cfg)
+
+    def batch(self, prompt: Union[str, Sequence[str]], settings: Optional[GenerationConfig],
+              overrides: dict) -> tuple[GenerationConfig, list[str], list[int]]:
+        """(settings, one prompt per image, one seed per image): prompt-major, image i with seed + i."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise ValueError("no prompts given; pass at least one prompt")
         if settings is not None and overrides:
             raise ValueError("pass either settings or overrides, not both")
         cfg = settings if settings is not None else self.settings(**overrides)
+        prompts = [p for p in prompts for _ in range(cfg.num_images)]  # (B,) prompt-major
+        return cfg, prompts, [cfg.seed + i for i in range(len(prompts))]
+
+    def sample(self, prompts: Sequence[str], seeds: Sequence[int], cfg: GenerationConfig, *, progress: bool = False,
+               callback=None) -> torch.Tensor:
+        """Text to image up to the latents (B, C, H/f, W/f), from noise drawn with each image's seed."""
         plan = self.plan(cfg)
         c = self.components
-        if c.unet.config.in_channels != latent_channels(c):
-            raise ValueError(f"model '{self.model_name}' has an inpainting UNet ({c.unet.config.in_channels} input "
-                             "channels: latents, mask, masked image); use inpaint (latentdiff inpaint) with it")
-        prompts = [p for p in prompts for _ in range(cfg.num_images)]  # (B,) prompt-major
-        seeds = [cfg.seed + i for i in range(len(prompts))]
+        self.require_plain_unet()
         generators = [torch.Generator().manual_seed(s) for s in seeds]  # CPU, as diffusers with a CPU generator
         denoiser = self.denoiser(prompts, cfg)
         shape = (len(prompts), latent_channels(c), cfg.height // c.vae_scale_factor, cfg.width // c.vae_scale_factor)
         latents = randn(shape, generators, denoiser.cond.dtype, c.device)  # (B, C, H/f, W/f)
         with torch.inference_mode():
-            latents = plan(denoiser, latents, c.schedule, generator=generators, callback=callback,
-                           disable_progress=not progress)
-        return self.decode(latents, prompts, seeds, cfg)
+            return plan(denoiser, latents, c.schedule, generator=generators, callback=callback,
+                        disable_progress=not progress)
+
+    def require_plain_unet(self) -> None:
+        """ValueError unless the UNet takes the latents alone (an inpainting UNet also takes a mask and an image)."""
+        c = self.components
+        if c.unet.config.in_channels != latent_channels(c):
+            raise ValueError(f"model '{self.model_name}' has an inpainting UNet ({c.unet.config.in_channels} input "
+                             "channels: latents, mask, masked image); use inpaint (latentdiff inpaint) with it")
 
     def denoiser(self, prompts: Sequence[str], cfg: GenerationConfig, model=None) -> CFGDenoiser:
         """The guided denoiser of ``prompts`` (one per sample) with ``cfg``'s negative prompt and guidance;
