@@ -77,3 +77,19 @@ def test_mistakes_exit_2_with_one_line(tiny_models, files, capsys, argv, message
     argv = [paths.get(a, a) for a in argv] + ["--model", str(tiny_models[("epsilon", 8)])]
     code, out, err = run(capsys, *argv)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_generate_hires_fix(tiny_models, tmp_path, capsys):
+    model = str(tiny_models[("epsilon", 8)])
+    code, out, err = run(capsys, "generate", "a red circle", "--model", model, "--steps", "4", "--hires-scale", "1.5",
+                         "--hires-steps", "3", "--hires-upscaler", "latent", "-o", str(tmp_path / "h.png"), "-q")
+    assert code == 0, err
+    assert Image.open(tmp_path / "h.png").size == (96, 96)
+    params = read_params(tmp_path / "h.png")
+    assert (params["hires_scale"], params["hires_steps"], params["hires_upscaler"], params["width"]) == \
+        (1.5, 3, "latent", 64)
+    for flag, value, message in (("--hires-scale", "1", "hires_scale=1.0 must be > 1"),
+                                 ("--hires-strength", "0", "hires_strength=0.0 must be in (0, 1]")):
+        extra = [flag, value] + (["--hires-scale", "2"] if flag != "--hires-scale" else [])
+        code, out, err = run(capsys, "generate", "x", "--model", model, *extra)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

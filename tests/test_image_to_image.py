@@ -33,11 +33,11 @@ def ints(image):
     return np.asarray(image, dtype=int)
 
 
-def reference(cls, path, sampler, **kwargs):
+def reference(cls, path, sampler, steps=STEPS, **kwargs):
     pipe = cls.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = SCHEDULERS[sampler].from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=7.5, generator=torch.Generator().manual_seed(SEED),
+    out = pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.5, generator=torch.Generator().manual_seed(SEED),
                **kwargs)
     image = ints(out.images[0])
     assert 5 < image.std() and np.isfinite(image).all()  # a real reference image
@@ -118,3 +118,25 @@ def test_bad_input_is_one_line(tiny_models, tmp_path):
         with pytest.raises(ValueError, match=message) as error:
             call()
         assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("upscaler", ["lanczos", "latent"])
+def test_hires_fix_is_generate_upscale_and_diffusers_img2img(tiny_models, upscaler):
+    """The second pass equals diffusers' img2img given the upscaled first image (lanczos: as a picture; latent: as
+    bilinear-upscaled latents, which its img2img takes as they are), same seed."""
+    import torch.nn.functional as F
+
+    path = tiny_models[("epsilon", 8)]
+    pipe = Pipeline.from_pretrained(path, device="cpu")
+    ours = pipe.hires_fix(PROMPT, scale=1.5, strength=0.6, hires_steps=8, upscaler=upscaler, steps=6, seed=SEED,
+                          guidance=7.5, sampler="dpmpp-2m")[0]
+    assert ours.image.size == (96, 96) and ours.params["hires_scale"] == 1.5 and ours.params["height"] == 64
+    assert ours.params["steps"] == 6 and ours.params["hires_steps"] == 8
+    cfg, prompts, seeds = pipe.batch(PROMPT, None, dict(steps=6, seed=SEED, guidance=7.5, sampler="dpmpp-2m"))
+    base = pipe.sample(prompts, seeds, cfg)
+    if upscaler == "latent":
+        image = F.interpolate(base, size=(12, 12), mode="bilinear", align_corners=False)
+    else:
+        image = pipe.decode(base, prompts, seeds, cfg)[0].image.resize((96, 96), Image.Resampling.LANCZOS)
+    theirs = reference(StableDiffusionImg2ImgPipeline, path, "dpmpp-2m", steps=8, image=image, strength=0.6)
+    assert np.abs(ints(ours.image) - theirs).max() <= 1

@@ -10,6 +10,13 @@ from .common import add_model_args, check_eta_given, quiet_libraries, resolve_mo
 def add_parser(sub) -> None:
     gen = sub.add_parser("generate", help="text to image", description="Generate images from a text prompt.")
     add_generation_args(gen)
+    hires = gen.add_argument_group("hires fix", "generate at the base size, upscale, then rework with img2img")
+    hires.add_argument("--hires-scale", type=float, metavar="X", help="upscale factor > 1 (e.g. 2); off by default")
+    hires.add_argument("--hires-strength", type=float, default=0.5, help="img2img strength of the second pass "
+                       "(default 0.5)")
+    hires.add_argument("--hires-steps", type=int, help="steps of the second pass (default: --steps)")
+    hires.add_argument("--hires-upscaler", choices=["lanczos", "latent"], default="lanczos",
+                       help="lanczos: the decoded image in pixels (default); latent: the latents, bilinear")
     gen.set_defaults(run=cmd_generate)
 
 
@@ -77,11 +84,19 @@ def output_paths_checked(args, count: int) -> list:
 
 
 def cmd_generate(args) -> int:
+    from ..pipelines.hires import check_hires
+
     prompts = read_prompts(args)
+    if args.hires_scale is not None:
+        check_hires(args.hires_scale, args.hires_strength, args.hires_steps, args.hires_upscaler)
     pipe = load_pipeline(args)
     cfg = settings(args, pipe)
     paths = output_paths_checked(args, len(prompts) * cfg.num_images)
-    results = pipe.generate(prompts, settings=cfg, progress=not args.quiet)
+    if args.hires_scale is None:
+        results = pipe.generate(prompts, settings=cfg, progress=not args.quiet)
+    else:
+        results = pipe.hires_fix(prompts, scale=args.hires_scale, strength=args.hires_strength, hires_steps=args.hires_steps,
+                                 upscaler=args.hires_upscaler, settings=cfg, progress=not args.quiet)
     save_results(paths, results, prompts, cfg)
     return 0
 

@@ -147,6 +147,12 @@ class Pipeline:
 
         return img2img(self, prompt, image, strength=strength, **kwargs)
 
+    def hires_fix(self, prompt: Union[str, Sequence[str]], **kwargs) -> list[Generated]:
+        """Generate small, upscale, rework: :func:`latentdiff.pipelines.hires.hires_fix`."""
+        from .hires import hires_fix
+
+        return hires_fix(self, prompt, **kwargs)
+
     def inpaint(self, prompt: Union[str, Sequence[str]], image, mask, **kwargs) -> list[Generated]:
         """Repaint where ``mask`` is white: :func:`latentdiff.pipelines.inpaint.inpaint`."""
         from .inpaint import inpaint
