@@ -92,7 +92,7 @@ def cmd_img2img(args) -> int:
 def cmd_inpaint(args) -> int:
     from ..core.samplers import check_strength
     from ..pipelines.image_input import read_image
-    from ..pipelines.inpaint import extend_canvas, prepare_mask
+    from ..pipelines.inpaint import check_blur, extend_canvas, prepare_mask
 
     prompts = read_prompts(args)
     if (args.mask is None) == (args.extend is None):
@@ -108,7 +108,7 @@ def cmd_inpaint(args) -> int:
     else:
         mask, said = prepare_mask(mask, image.size, 0)  # sized now; blurred by inpaint
         notes += [f"{args.mask}: {note}" for note in said]
-    prepare_mask(mask, mask.size, args.mask_blur)  # checks the blur
+    check_blur(args.mask_blur)
     cfg = settings(args, pipe, height=image.height, width=image.width)
     check_strength(args.strength, cfg.steps)
     paths = output_paths_checked(args, len(prompts) * cfg.num_images)

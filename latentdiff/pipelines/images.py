@@ -18,8 +18,9 @@ def a1111_parameters(params: dict) -> str:
     if params.get("negative_prompt"):
         lines.append(f"Negative prompt: {params['negative_prompt']}")
     keys = [("Steps", "steps"), ("Sampler", "sampler"), ("CFG scale", "guidance"), ("Seed", "seed"),
-            ("Eta", "eta"), ("Model", "model")]
-    fields = [f"{label}: {params[k]}" for label, k in keys if k in params]
+            ("Eta", "eta"), ("Model", "model"), ("Denoising strength", "strength"), ("Mask blur", "mask_blur"),
+            ("Hires upscale", "hires_scale"), ("Hires steps", "hires_steps"), ("Hires upscaler", "hires_upscaler")]
+    fields = [f"{label}: {params[k]}" for label, k in keys if params.get(k) is not None]
     if "width" in params and "height" in params:
         fields.insert(4, f"Size: {params['width']}x{params['height']}")
     lines.append(", ".join(fields))

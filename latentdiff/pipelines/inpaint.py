@@ -7,7 +7,8 @@ latents go in together at every step. With an ordinary UNet (4) the known region
 noised to the next step's level (latent blending). Per image i its generator draws the image's latent sample, its
 noise, then the masked image's latent sample, so that every image can be made again alone.
 
-Afterwards (``composite``) the output is the input outside the mask, blended across the blurred mask's edge.
+Afterwards (``composite``) the output is the input outside the mask, the generated pixels fading in across the
+mask's edge (blurred inward by ``mask_blur`` pixels).
 """
 
 from __future__ import annotations
@@ -30,25 +31,31 @@ MASK_BLUR = 4  # pixels, A1111's default
 
 
 def prepare_mask(mask: ImageInput, size: tuple[int, int], blur: float = 0) -> tuple[Image.Image, list[str]]:
-    """The mask as 8-bit grayscale ("L") of ``size`` (width, height), white = repaint, Gaussian-blurred by ``blur``
-    pixels; any file or mode (transparency on white), resized to the image with a note."""
-    if not blur >= 0:
-        raise ValueError(f"mask_blur={blur!r} must be >= 0 pixels")
+    """The mask as 8-bit grayscale ("L") of ``size`` (width, height), white = repaint; any file or mode
+    (transparency on white), resized to the image with a note. ``blur`` is only checked here (see
+    :func:`mask_tensors`)."""
+    check_blur(blur)
     mask, notes = (to_rgb(mask), []) if isinstance(mask, Image.Image) else read_image(mask)
     mask = mask.convert("L")
     if mask.size != tuple(size):
         notes.append(f"mask resized {mask.width}×{mask.height} → {size[0]}×{size[1]} to fit the image")
         mask = mask.resize(tuple(size), RESAMPLE)
-    if blur:
-        mask = mask.filter(ImageFilter.GaussianBlur(blur))
     return mask, notes
 
 
-def mask_tensors(mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-    """(binary, soft), each (1, 1, H, W) float32: the mask binarized at 0.5 (what the model sees, as diffusers'
-    mask processor), and its gray levels in [0, 1] (the composite's weights)."""
-    soft = torch.from_numpy(np.array(mask, dtype=np.float32) / MAX_LEVEL)[None, None]
-    return (soft >= 0.5).float(), soft
+def check_blur(blur: float) -> None:
+    if not blur >= 0:
+        raise ValueError(f"mask_blur={blur!r} must be >= 0 pixels")
+
+
+def mask_tensors(mask: Image.Image, blur: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(binary, soft), each (1, 1, H, W) float32 in [0, 1]. ``binary``: the mask binarized at 0.5, what the model
+    sees (diffusers' mask processor). ``soft``: the composite's weight of the generated pixels, the mask's gray
+    levels times their Gaussian blur by ``blur`` pixels, so that the seam fades inside the mask and everything
+    outside it stays the input."""
+    gray = np.array(mask, dtype=np.float32) / MAX_LEVEL
+    blurred = np.array(mask.filter(ImageFilter.GaussianBlur(blur)), dtype=np.float32) / MAX_LEVEL if blur else gray
+    return torch.from_numpy(gray >= 0.5).float()[None, None], torch.from_numpy(gray * blurred)[None, None]
 
 
 def extend_canvas(image: Image.Image, extend: dict, multiple_of: int = 1) -> tuple[Image.Image, Image.Image, list]:
@@ -107,7 +114,7 @@ def inpaint(pipe: Pipeline, prompt: Union[str, Sequence[str]], image: ImageInput
     gray, mask_said = prepare_mask(mask, picture.size, mask_blur)
     if notes is not None:
         notes.extend(said + mask_said)
-    binary, soft = mask_tensors(gray)  # (1, 1, H, W)
+    binary, soft = mask_tensors(gray, mask_blur)  # (1, 1, H, W)
     pixels = image_to_pixels(picture)[None]  # (1, 3, H, W) in [-1, 1]
 
     generators = [torch.Generator().manual_seed(s) for s in seeds]
