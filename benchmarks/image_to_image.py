@@ -58,7 +58,7 @@ def other_object(attrs: dict, rng: np.random.Generator) -> dict:
 
 def recolour(pipe, examples, strengths, seed, **settings):
     rng = np.random.default_rng(0)
-    rows = {s: {"color_ok": [], "iou_ok": []} for s in strengths}
+    rows = {s: {"color_ok": [], "iou_ok": [], "iou_ok_large": [], "iou_ok_small": []} for s in strengths}
     for i, (image, attrs, caption) in enumerate(examples):
         target_color = swap_color(attrs, rng)
         target = caption.replace(f" {attrs['color']} ", f" {target_color} ", 1)
@@ -66,7 +66,9 @@ def recolour(pipe, examples, strengths, seed, **settings):
         for s in strengths:
             out = pipe.img2img(target, image, strength=s, seed=seed + i, **settings)[0].image
             rows[s]["color_ok"].append(analyze(out)["color"] == target_color)
-            rows[s]["iou_ok"].append(iou(source_mask, object_mask(out)) >= 0.8)
+            kept = iou(source_mask, object_mask(out)) >= 0.8
+            rows[s]["iou_ok"].append(kept)
+            rows[s][f"iou_ok_{attrs['size']}"].append(kept)
     return {s: {k: float(np.mean(v)) for k, v in r.items()} for s, r in rows.items()}
 
 
@@ -123,9 +125,11 @@ def main():
     print(f"{args.images} images (example seed {args.example_seed}), seed {args.seed}, model {args.model}, "
           f"{cfg.sampler} (eta {cfg.eta:g}) {cfg.steps} steps, guidance {cfg.guidance}, "
           f"{time.perf_counter() - start:.0f} s\n")
-    print("| img2img strength | target colour read | mask IoU >= 0.8 |\n|---:|---:|---:|")
+    print("| img2img strength | target colour read | mask IoU >= 0.8 | large objects | small objects |\n"
+          "|---:|---:|---:|---:|---:|")
     for s, r in colour.items():
-        print(f"| {s:g} | {100 * r['color_ok']:.1f} % | {100 * r['iou_ok']:.1f} % |")
+        print(f"| {s:g} | {100 * r['color_ok']:.1f} % | {100 * r['iou_ok']:.1f} % | {100 * r['iou_ok_large']:.1f} % | "
+              f"{100 * r['iou_ok_small']:.1f} % |")
     print("\n| inpaint | value |\n|---|---:|")
     for k, v in painted.items():
         print(f"| {k} | {v:.3f} |")
