@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
-import torch
 import torch.nn.functional as F
 from PIL import Image
 
@@ -18,7 +17,7 @@ from ..models.pixels import images_to_pixels
 from .image_input import RESAMPLE
 from .image_to_image import rework, sample_latents
 from .settings import GenerationConfig
-from .text_to_image import Generated, Pipeline
+from .text_to_image import Generated, TextToImage
 
 UPSCALERS = ("lanczos", "latent")
 
@@ -42,7 +41,7 @@ def check_hires(scale: float, strength: float, hires_steps: Optional[int], upsca
         raise ValueError(f"hires_upscaler={upscaler!r} is not supported; choose one of {', '.join(map(repr, UPSCALERS))}")
 
 
-def hires_fix(pipe: Pipeline, prompt: Union[str, Sequence[str]], *, scale: float = 2.0, strength: float = 0.5,
+def hires_fix(pipe: TextToImage, prompt: Union[str, Sequence[str]], *, scale: float = 2.0, strength: float = 0.5,
               hires_steps: Optional[int] = None, upscaler: str = "lanczos", settings: Optional[GenerationConfig] = None,
               progress: bool = False, callback=None, **overrides) -> list[Generated]:
     """Images for each prompt × num_images at the base size × ``scale``: a first pass at the base size, upscaled,

@@ -18,7 +18,7 @@ from ..models import Components, encode_images, scale_latents
 from ..models.pixels import image_to_pixels
 from .image_input import fit_image, read_image
 from .settings import GenerationConfig
-from .text_to_image import Generated, Pipeline
+from .text_to_image import Generated, TextToImage
 
 ImageInput = Union[str, os.PathLike, Image.Image]
 
@@ -53,7 +53,7 @@ def sample_latents(components: Components, pixels: torch.Tensor, generators: Gen
     return scale_latents(components, mean + std * draws)
 
 
-def img2img(pipe: Pipeline, prompt: Union[str, Sequence[str]], image: ImageInput, *, strength: float = 0.75,
+def img2img(pipe: TextToImage, prompt: Union[str, Sequence[str]], image: ImageInput, *, strength: float = 0.75,
             settings: Optional[GenerationConfig] = None, progress: bool = False, callback=None,
             notes: Optional[list] = None, **overrides) -> list[Generated]:
     """Images for each prompt × num_images from ``image`` reworked at ``strength`` (0: unchanged, 1: all steps,
@@ -75,7 +75,7 @@ def img2img(pipe: Pipeline, prompt: Union[str, Sequence[str]], image: ImageInput
     return pipe.decode(latents, prompts, seeds, cfg, strength=strength)
 
 
-def rework(pipe: Pipeline, prompts: Sequence[str], seeds: Sequence[int], cfg: GenerationConfig, strength: float,
+def rework(pipe: TextToImage, prompts: Sequence[str], seeds: Sequence[int], cfg: GenerationConfig, strength: float,
            encode: Callable[[list, torch.dtype], torch.Tensor], *, progress: bool = False,
            callback=None) -> torch.Tensor:
     """Latents (B, C, h, w) sampled from ``encode(generators, dtype)`` (the images' latents, drawn first with each

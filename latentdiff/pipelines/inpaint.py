@@ -25,7 +25,7 @@ from ..models.pixels import MAX_LEVEL, image_to_pixels
 from .image_input import RESAMPLE, read_image, to_rgb
 from .image_to_image import ImageInput, prepare_image, sample_latents
 from .settings import GenerationConfig
-from .text_to_image import Generated, Pipeline, latent_channels
+from .text_to_image import Generated, TextToImage, latent_channels
 
 MASK_BLUR = 4  # pixels, A1111's default
 
@@ -91,7 +91,7 @@ class MaskedUNetModel:
         return self.unet(torch.cat([x, extra.to(x.dtype)], dim=1), t, encoder_hidden_states=cond, return_dict=False)[0]
 
 
-def inpaint(pipe: Pipeline, prompt: Union[str, Sequence[str]], image: ImageInput, mask: ImageInput, *,
+def inpaint(pipe: TextToImage, prompt: Union[str, Sequence[str]], image: ImageInput, mask: ImageInput, *,
             strength: float = 1.0, mask_blur: float = MASK_BLUR, composite: bool = True,
             settings: Optional[GenerationConfig] = None, progress: bool = False, callback=None,
             notes: Optional[list] = None, **overrides) -> list[Generated]:

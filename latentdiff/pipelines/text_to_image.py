@@ -11,8 +11,8 @@ from typing import Optional, Sequence, Union
 import torch
 from PIL import Image
 
-from ..core.guidance import CFGDenoiser, UNetModel
 from ..core import samplers
+from ..core.guidance import CFGDenoiser, UNetModel
 from ..core.samplers import Plan
 from ..core.sampling import randn
 from ..models import Components, decode_latents, load_components, save_components, to_uint8
@@ -28,8 +28,10 @@ class Generated:
     params: dict = field(default_factory=dict)
 
 
-class Pipeline:
-    """Stable-Diffusion-style text-to-image over our samplers; same seed, same image as diffusers."""
+class TextToImage:
+    """Stable-Diffusion-style text-to-image over our samplers; same seed, same image as diffusers. The methods
+    that other pipelines build on (settings, plans, prompt conditioning, drawing, decoding) live here;
+    :class:`latentdiff.pipelines.Pipeline` adds img2img, inpainting and hires fix."""
 
     def __init__(self, components: Components, defaults: Optional[GenerationConfig] = None):
         self.components = components
@@ -40,7 +42,7 @@ class Pipeline:
     @classmethod
     def from_pretrained(cls, model: Union[str, os.PathLike], *, dtype="auto", device="auto",
                         allow_pickle: bool = False, lora: Optional[Union[str, os.PathLike]] = None,
-                        lora_scale: float = 1.0) -> "Pipeline":
+                        lora_scale: float = 1.0) -> "TextToImage":
         """Load a model folder; ``lora`` (a diffusers/kohya LoRA file or folder) is fused into the UNet."""
         components = load_components(model, dtype=dtype, device=device, allow_pickle=allow_pickle)
         pipe = cls(components)
@@ -140,24 +142,6 @@ class Pipeline:
 
     def __call__(self, prompt: Union[str, Sequence[str]], **kwargs) -> list[Image.Image]:
         return [g.image for g in self.generate(prompt, **kwargs)]
-
-    def img2img(self, prompt: Union[str, Sequence[str]], image, *, strength: float = 0.75, **kwargs) -> list[Generated]:
-        """Rework ``image`` at ``strength``: :func:`latentdiff.pipelines.image_to_image.img2img`."""
-        from .image_to_image import img2img
-
-        return img2img(self, prompt, image, strength=strength, **kwargs)
-
-    def hires_fix(self, prompt: Union[str, Sequence[str]], **kwargs) -> list[Generated]:
-        """Generate small, upscale, rework: :func:`latentdiff.pipelines.hires.hires_fix`."""
-        from .hires import hires_fix
-
-        return hires_fix(self, prompt, **kwargs)
-
-    def inpaint(self, prompt: Union[str, Sequence[str]], image, mask, **kwargs) -> list[Generated]:
-        """Repaint where ``mask`` is white: :func:`latentdiff.pipelines.inpaint.inpaint`."""
-        from .inpaint import inpaint
-
-        return inpaint(self, prompt, image, mask, **kwargs)
 
 
 def latent_channels(components: Components) -> int:
