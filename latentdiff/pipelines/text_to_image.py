@@ -130,15 +130,15 @@ class TextToImage:
     def decode(self, latents: torch.Tensor, prompts: Sequence[str], seeds: Sequence[int], cfg: GenerationConfig,
                **extra_params) -> list[Generated]:
         """Decoded images, each with the parameters that make it again (``extra_params`` added)."""
-        c = self.components
         with torch.inference_mode():
-            pixels = to_uint8(decode_latents(c, latents))
-        out = []
-        for p, s, array in zip(prompts, seeds, pixels):
-            params = dict(asdict(cfg), prompt=p, seed=s, num_images=1, model=self.model_name,
-                          dtype=str(c.dtype).removeprefix("torch."), **extra_params)
-            out.append(Generated(Image.fromarray(array), params))
-        return out
+            pixels = to_uint8(decode_latents(self.components, latents))
+        return [Generated(Image.fromarray(array), self.params(cfg, p, s, **extra_params))
+                for p, s, array in zip(prompts, seeds, pixels)]
+
+    def params(self, cfg: GenerationConfig, prompt: str, seed: int, **extra) -> dict:
+        """The parameters an image carries (its PNG chunk): enough to make it again alone."""
+        return dict(asdict(cfg), prompt=prompt, seed=seed, num_images=1, model=self.model_name,
+                    dtype=str(self.components.dtype).removeprefix("torch."), **extra)
 
     def __call__(self, prompt: Union[str, Sequence[str]], **kwargs) -> list[Image.Image]:
         return [g.image for g in self.generate(prompt, **kwargs)]
