@@ -97,7 +97,7 @@ def _cli(argv, env=None):
 def test_a_killed_job_rerun_gives_the_uninterrupted_set(tiny_models, prompts, tmp_path):
     model = str(tiny_models[("epsilon", 8)])
     base = ["generate", "--from-file", str(prompts), "--model", model, "--steps", "12", "--batch-size", "1", "-q"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # both runs in the same kind of process: the same float rounding
     subprocess.run(_cli(base + ["-o", str(tmp_path / "straight") + "/"]), check=True, capture_output=True, env=env)
     job = subprocess.Popen(_cli(base + ["-o", str(tmp_path / "killed") + "/"]), stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, env=env)
