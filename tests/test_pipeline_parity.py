@@ -99,3 +99,20 @@ def test_save_load_round_trip_gives_identical_images(tiny_models, tmp_path):
     after = np.asarray(Pipeline.from_pretrained(tmp_path / "copy", device="cpu")("a yellow triangle", steps=10, seed=3)[0])
     assert np.array_equal(before, after)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_vae_tiling_and_slicing_match_diffusers(tiny_models):
+    """At 128 px the tiny VAE (sample_size 64) decodes in overlapping tiles; slicing decodes a batch image by image."""
+    path = tiny_models[("epsilon", 8)]
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None)
+    pipe.vae.enable_tiling()  # diffusers 0.42: on the VAE (the pipeline's enable_vae_tiling is gone)
+    pipe.vae.enable_slicing()
+    pipe.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    theirs = [np.asarray(im) for im in pipe(["a red circle"] * 2, num_inference_steps=5, height=128, width=128,
+                                           generator=generators).images]
+    ours = Pipeline.from_pretrained(path, device="cpu", vae_tiling=True, vae_slicing=True)(
+        "a red circle", steps=5, height=128, width=128, seed=3, num_images=2)
+    assert max_diff([np.asarray(im) for im in ours], theirs) <= 1
+    plain = Pipeline.from_pretrained(path, device="cpu")("a red circle", steps=5, height=128, width=128, seed=3)
+    assert max_diff([np.asarray(plain[0])], [np.asarray(ours[0])]) > 1  # tiling does change the decode

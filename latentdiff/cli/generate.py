@@ -42,6 +42,10 @@ def add_generation_args(gen, size_default: str = "the model's") -> None:
     add_model_args(gen)
     gen.add_argument("--lora", type=Path, help="LoRA weights (.safetensors or a folder) to apply to the UNet")
     gen.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1)")
+    gen.add_argument("--vae-tiling", action="store_true", help="decode (and encode) large images tile by tile, as "
+                     "diffusers' vae.enable_tiling(): less memory, seams blended")
+    gen.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time, as diffusers' "
+                     "vae.enable_slicing()")
     gen.add_argument("--sampler", help=f"{sampler_names()} (default: the model's, else ddim)")
     gen.add_argument("--steps", type=int, help="sampling steps (default 50)")
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale w (default 7.5; 1 = off)")
@@ -77,7 +81,8 @@ def load_pipeline(args):
     model = resolve_model(args.model)
     quiet_libraries()
     return Pipeline.from_pretrained(model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
-                                    lora=args.lora, lora_scale=args.lora_scale)
+                                    lora=args.lora, lora_scale=args.lora_scale, vae_tiling=args.vae_tiling,
+                                    vae_slicing=args.vae_slicing)
 
 
 def settings(args, pipe, **size):

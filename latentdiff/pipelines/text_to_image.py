@@ -42,9 +42,16 @@ class TextToImage:
     @classmethod
     def from_pretrained(cls, model: Union[str, os.PathLike], *, dtype="auto", device="auto",
                         allow_pickle: bool = False, lora: Optional[Union[str, os.PathLike]] = None,
-                        lora_scale: float = 1.0) -> "TextToImage":
-        """Load a model folder; ``lora`` (a diffusers/kohya LoRA file or folder) is fused into the UNet."""
+                        lora_scale: float = 1.0, vae_tiling: bool = False,
+                        vae_slicing: bool = False) -> "TextToImage":
+        """Load a model folder; ``lora`` (a diffusers/kohya LoRA file or folder) is fused into the UNet.
+        ``vae_tiling`` / ``vae_slicing``: diffusers' ``vae.enable_tiling()`` / ``enable_slicing()`` (large images
+        decoded and encoded tile by tile; a batch one image at a time), to bound memory."""
         components = load_components(model, dtype=dtype, device=device, allow_pickle=allow_pickle)
+        if vae_tiling:
+            components.vae.enable_tiling()
+        if vae_slicing:
+            components.vae.enable_slicing()
         pipe = cls(components)
         if lora is not None:
             from ..models.lora import load_lora
