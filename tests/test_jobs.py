@@ -126,3 +126,24 @@ def test_memory_does_not_grow_with_the_job(tiny_models, tmp_path):
         peaks[count] = int(done.stderr.split("maxrss")[-1].split()[0])
         assert len(list((tmp_path / str(count)).glob("image-*.png"))) == count + 1  # and a grid
     assert peaks[64] <= 1.1 * peaks[8], peaks
+
+
+def test_two_processes_make_the_single_process_files(tiny_models, prompts, tmp_path):
+    """`accelerate launch` with 2 CPU processes (torchrun + gloo) splits the job; the files equal a 1-process run's."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    job = ["generate", "--from-file", str(prompts), "--model", str(tiny_models[("epsilon", 8)]), "--steps", "3",
+           "--batch-size", "2", "-q"]
+    subprocess.run(_cli(job + ["-o", str(tmp_path / "one") + "/"]), check=True, capture_output=True, env=env)
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "latentdiff.cli"]
+    done = subprocess.run(launch + job + ["-o", str(tmp_path / "two") + "/"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == names and len(names) == len(PROMPTS) + 1
+    for name in names:
+        assert np.array_equal(pixels(tmp_path / "one" / name), pixels(tmp_path / "two" / name)), name
+    assert sorted(done.stdout.split()) == sorted(str(tmp_path / "two" / n) for n in names)  # each image once

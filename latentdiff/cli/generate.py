@@ -4,6 +4,7 @@ batch is done, a job resumed where it stopped, and a grid for small jobs."""
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from .common import add_model_args, check_eta_given, quiet_libraries, resolve_model, sampler_names
@@ -75,12 +76,13 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
-def load_pipeline(args):
+def load_pipeline(args, device=None):
     from ..pipelines import Pipeline
 
     model = resolve_model(args.model)
     quiet_libraries()
-    return Pipeline.from_pretrained(model, dtype=args.dtype, device=args.device, allow_pickle=args.allow_pickle,
+    return Pipeline.from_pretrained(model, dtype=args.dtype, device=device or args.device,
+                                    allow_pickle=args.allow_pickle,
                                     lora=args.lora, lora_scale=args.lora_scale, vae_tiling=args.vae_tiling,
                                     vae_slicing=args.vae_slicing)
 
@@ -122,7 +124,8 @@ def cmd_generate(args) -> int:
         check_hires(args.hires_scale, args.hires_strength, args.hires_steps, args.hires_upscaler)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size} must be at least 1")
-    pipe = load_pipeline(args)
+    state = _processes()
+    pipe = load_pipeline(args, device=state.device if state is not None and state.device.type == "cuda" else None)
     cfg = settings(args, pipe)
     base = output_paths(args.output, 1)[0]  # a file, or the base of numbered files
     work, unusable = tasks(lines, cfg, pipe.settings, base, str(args.from_file))
@@ -135,28 +138,59 @@ def cmd_generate(args) -> int:
     for folder in sorted({task.path.parent for task in work}):
         check_writable(folder / "x.png")
     todo = [task for task in work if not already_made(task, _expected(pipe, task, extra), args.overwrite)]
-    for message in bad:
+    main_process = state is None or state.is_main_process
+    for message in bad if main_process else []:
         log.warning("%s", message)
-    if len(todo) < len(work):
+    if len(todo) < len(work) and main_process:
         log.info("%d of %d images already made with the same parameters; making the other %d",
                  len(work) - len(todo), len(work), len(todo))
+    if state is not None:  # every process has read the same finished files before any writes; then its share
+        state.wait_for_everyone()
+        share = -(-len(todo) // state.num_processes)
+        todo = todo[state.process_index * share: (state.process_index + 1) * share]
     size = args.batch_size or default_batch_size(cfg, pipe.components.vae_scale_factor,
                                                  pipe.components.device.type == "cuda")
-    for batch in batches(todo, size):
+    from tqdm.auto import tqdm
+
+    groups = list(batches(todo, size))
+    steps_bar = not args.quiet and len(groups) == 1  # one batch: its sampling steps; several: a bar of images
+    share = "" if state is None else f" (process 1 of {state.num_processes}, its share)"
+    bar = tqdm(total=len(todo), unit="img", desc=f"images{share}", dynamic_ncols=True,
+               disable=args.quiet or steps_bar or not main_process)
+    for batch in groups:
         first = replace(batch[0].cfg, num_images=1)  # image i of the batch: seed + i
         prompts = [task.prompt for task in batch]
         if args.hires_scale is None:
-            results = pipe.generate(prompts, settings=first, progress=not args.quiet)
+            results = pipe.generate(prompts, settings=first, progress=steps_bar)
         else:
             results = pipe.hires_fix(prompts, scale=args.hires_scale, strength=args.hires_strength,
                                      hires_steps=args.hires_steps, upscaler=args.hires_upscaler, settings=first,
-                                     progress=not args.quiet)
+                                     progress=steps_bar)
         for task, result in zip(batch, results):
             save_png(result.image, task.path, result.params)
-            print(task.path)
-    if not any(line.output for line in lines):  # numbered images only: a job that names its files has no grid
+            bar.write(str(task.path), file=sys.stdout)
+        sys.stdout.flush()  # each finished file is announced as soon as it exists
+        bar.update(len(batch))
+    bar.close()
+    if state is not None:
+        state.wait_for_everyone()
+    if not any(line.output for line in lines) and main_process:  # numbered images only: named files get no grid
         _grid(work, columns=cfg.num_images if len(lines) > 1 else None)
     return EXIT_LINES_SKIPPED if bad else 0
+
+
+def _processes():
+    """Accelerate's process state under ``accelerate launch`` / torchrun with several processes (gloo on a CPU-only
+    machine, as training), else None. The job is split into contiguous shares, one per process, so the set of
+    outputs is the one a single process makes."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def _expected(pipe, task, extra: dict) -> dict:
