@@ -95,7 +95,7 @@ def _cli(argv, env=None):
 
 def test_a_killed_job_rerun_gives_the_uninterrupted_set(tiny_models, prompts, tmp_path):
     model = str(tiny_models[("epsilon", 8)])
-    base = ["generate", "--from-file", str(prompts), "--model", model, "--steps", "12", "--batch-size", "1", "-q"]
+    base = ["generate", "--from-file", str(prompts), "--model", model, "--steps", "6", "--batch-size", "1", "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # both runs in the same kind of process: the same float rounding
     subprocess.run(_cli(base + ["-o", str(tmp_path / "straight") + "/"]), check=True, capture_output=True, env=env)
     job = subprocess.Popen(_cli(base + ["-o", str(tmp_path / "killed") + "/"]), stdout=subprocess.PIPE,
@@ -113,6 +113,7 @@ def test_a_killed_job_rerun_gives_the_uninterrupted_set(tiny_models, prompts, tm
         assert np.array_equal(pixels(tmp_path / "straight" / name), pixels(tmp_path / "killed" / name)), name
 
 
+@pytest.mark.slow  # 30 s: two fresh processes and 72 images; run with `make test-slow`
 def test_memory_does_not_grow_with_the_job(tiny_models, tmp_path):
     model = str(tiny_models[("epsilon", 8)])
     peaks = {}
@@ -127,6 +128,7 @@ def test_memory_does_not_grow_with_the_job(tiny_models, tmp_path):
     assert peaks[64] <= 1.1 * peaks[8], peaks
 
 
+@pytest.mark.slow  # 40 s: three fresh processes; run with `make test-slow`
 def test_two_processes_make_the_single_process_files(tiny_models, prompts, tmp_path):
     """`accelerate launch` with 2 CPU processes (torchrun + gloo) splits the job; the files equal a 1-process run's."""
     from pathlib import Path
