@@ -53,6 +53,17 @@ def sample_latents(components: Components, pixels: torch.Tensor, generators: Gen
     return scale_latents(components, mean + std * draws)
 
 
+def image_batch(pipe: TextToImage, prompt, image: ImageInput, settings: Optional[GenerationConfig], overrides: dict):
+    """(the input image sized, notes, (settings, prompts, seeds)): at the image's own size unless height/width are
+    given (in ``overrides``, or ``settings``)."""
+    if settings is None:
+        picture, said = prepare_image(image, pipe.components, overrides.get("height"), overrides.get("width"))
+        overrides = {**overrides, "height": picture.height, "width": picture.width}
+    else:
+        picture, said = prepare_image(image, pipe.components, settings.height, settings.width)
+    return picture, said, pipe.batch(prompt, settings, overrides)
+
+
 def img2img(pipe: TextToImage, prompt: Union[str, Sequence[str]], image: ImageInput, *, strength: float = 0.75,
             settings: Optional[GenerationConfig] = None, progress: bool = False, callback=None,
             notes: Optional[list] = None, **overrides) -> list[Generated]:
@@ -60,12 +71,7 @@ def img2img(pipe: TextToImage, prompt: Union[str, Sequence[str]], image: ImageIn
     the image only through its noised latents); image i uses seed + i. ``notes`` collects what was done to the
     input image (resized, converted)."""
     c = pipe.components
-    if settings is None:  # the image's own size unless height/width are given
-        picture, said = prepare_image(image, c, overrides.get("height"), overrides.get("width"))
-        overrides = {**overrides, "height": picture.height, "width": picture.width}
-    else:
-        picture, said = prepare_image(image, c, settings.height, settings.width)
-    cfg, prompts, seeds = pipe.batch(prompt, settings, overrides)
+    picture, said, (cfg, prompts, seeds) = image_batch(pipe, prompt, image, settings, overrides)
     if notes is not None:
         notes.extend(said)
     pixels = image_to_pixels(picture)[None]  # (1, 3, H, W)

@@ -23,7 +23,7 @@ from PIL import Image, ImageFilter
 from ..core.sampling import randn
 from ..models.pixels import MAX_LEVEL, image_to_pixels
 from .image_input import RESAMPLE, read_image, to_rgb
-from .image_to_image import ImageInput, prepare_image, sample_latents
+from .image_to_image import ImageInput, image_batch, sample_latents
 from .settings import GenerationConfig
 from .text_to_image import Generated, TextToImage, latent_channels
 
@@ -98,12 +98,7 @@ def inpaint(pipe: TextToImage, prompt: Union[str, Sequence[str]], image: ImageIn
     """Images for each prompt × num_images: ``image`` repainted where ``mask`` is white (``strength`` < 1 starts
     from the image noised, as img2img); image i uses seed + i."""
     c = pipe.components
-    if settings is None:  # the image's own size unless height/width are given
-        picture, said = prepare_image(image, c, overrides.get("height"), overrides.get("width"))
-        overrides = {**overrides, "height": picture.height, "width": picture.width}
-    else:
-        picture, said = prepare_image(image, c, settings.height, settings.width)
-    cfg, prompts, seeds = pipe.batch(prompt, settings, overrides)
+    picture, said, (cfg, prompts, seeds) = image_batch(pipe, prompt, image, settings, overrides)
     channels = latent_channels(c)
     unet_channels = c.unet.config.in_channels
     if unet_channels not in (channels, 2 * channels + 1):
