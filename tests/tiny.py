@@ -13,9 +13,10 @@ SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=
 
 
 def tiny_components(prediction_type="epsilon", vae_factor=8, seed=0, context=16, sample_size=8, sd2=False,
-                    inpainting=False):
+                    inpainting=False, text_layers=2):
     """sd2=True: Stable Diffusion 2.x's layout traits (linear projections, per-block head dims, '!' padding);
-    inpainting=True: a 9-channel UNet (latents, mask, masked-image latents), as SD's inpainting models."""
+    inpainting=True: a 9-channel UNet (latents, mask, masked-image latents), as SD's inpainting models;
+    text_layers: the text encoder's depth (clip skip needs ≥ 3 to tell its settings apart)."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=sample_size, in_channels=9 if inpainting else 4, out_channels=4, layers_per_block=1,
@@ -30,7 +31,7 @@ def tiny_components(prediction_type="epsilon", vae_factor=8, seed=0, context=16,
         layers_per_block=1, norm_num_groups=8, sample_size=sample_size * vae_factor, scaling_factor=0.37,
     )
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=text_layers, num_attention_heads=4,
         max_position_embeddings=context, bos_token_id=49406, eos_token_id=49407, pad_token_id=0 if sd2 else 49407,
         hidden_act="gelu" if sd2 else "quick_gelu",
     ))

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import edit, evaluate, generate, image_to_image, selfcheck, shapes, train
+from . import edit, evaluate, generate, image_to_image, info, selfcheck, shapes, train
 from .common import EXIT_INTERRUPTED, EXIT_USAGE, Parser, setup_logging
 
-COMMANDS = (generate, image_to_image, train, evaluate, edit, shapes, selfcheck)  # each adds its parser(s) with set_defaults(run=...)
+# each adds its parser(s) with set_defaults(run=...)
+COMMANDS = (generate, image_to_image, train, evaluate, edit, shapes, selfcheck, info)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,11 +18,13 @@ def add_parser(sub) -> None:
     add_generation_args(gen)
     hires = gen.add_argument_group("hires fix", "generate at the base size, upscale, then rework with img2img")
     hires.add_argument("--hires-scale", type=float, metavar="X", help="upscale factor > 1 (e.g. 2); off by default")
-    hires.add_argument("--hires-strength", type=float, default=0.5, help="img2img strength of the second pass "
-                       "(default 0.5)")
+    hires.add_argument("--hires-strength", type=float, help="img2img strength of the second pass (default 0.5)")
     hires.add_argument("--hires-steps", type=int, help="steps of the second pass (default: --steps)")
-    hires.add_argument("--hires-upscaler", choices=["lanczos", "latent"], default="lanczos",
+    hires.add_argument("--hires-upscaler", choices=["lanczos", "latent"],
                        help="lanczos: the decoded image in pixels (default); latent: the latents, bilinear")
+    gen.add_argument("--from-png", type=Path, metavar="IMG", help="make an image again from the parameters it "
+                     "carries (ours: the same pixels; an AUTOMATIC1111 PNG: its settings as far as they are ours, "
+                     "the others named in a warning); any other option given overrides the image's")
     jobs = gen.add_argument_group("bulk jobs", f"--from-file: one prompt a line, or JSON Lines with per-line prompt, "
                                   "negative_prompt, seed, steps, guidance, sampler, width, height, num_images and "
                                   "output (a file name stem). Malformed lines are named and skipped (exit code "
@@ -52,6 +54,11 @@ def add_generation_args(gen, size_default: str = "the model's") -> None:
     gen.add_argument("--guidance", type=float, help="classifier-free guidance scale w (default 7.5; 1 = off)")
     gen.add_argument("--guidance-rescale", type=float, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")
     gen.add_argument("--eta", type=float, help="DDIM η: 0 deterministic (default), 1 DDPM-like")
+    gen.add_argument("--clip-skip", type=int, metavar="N", help="use the text encoder's N-th layer from the end, "
+                     "as A1111's 'Clip skip' (default 1: its output; 2: the penultimate layer)")
+    gen.add_argument("--prompt-syntax", choices=["a1111", "plain"], help="a1111 (default): (word) ×1.1, "
+                     "(word:1.3), [word] ÷1.1, \\( for a literal bracket, BREAK to start a new chunk; plain: the "
+                     "text as it is. Prompts longer than the text encoder's window are encoded in chunks either way")
     gen.add_argument("--seed", type=int, help="seed of image 0; image i uses seed + i (default 0)")
     gen.add_argument("--num-images", type=int, help="images per prompt (default 1)")
     gen.add_argument("--height", type=int, help=f"pixels, a multiple of the VAE factor (default: {size_default})")
@@ -91,7 +98,8 @@ def settings(args, pipe, **size):
     """The generation settings from the options, validated once (``size``: height/width decided by the command)."""
     cfg = pipe.settings(negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
                         guidance_rescale=args.guidance_rescale, sampler=args.sampler, eta=args.eta, seed=args.seed,
-                        num_images=args.num_images, **{"height": args.height, "width": args.width, **size})
+                        num_images=args.num_images, clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax,
+                        **{"height": args.height, "width": args.width, **size})
     check_eta_given(args.eta, cfg.sampler)
     return cfg
 
@@ -111,6 +119,12 @@ def cmd_generate(args) -> int:
     from ..pipelines.images import check_writable, output_paths, save_png
     from ..pipelines.jobs import JobLine, already_made, batches, default_batch_size, read_job, tasks
 
+    if args.from_png is not None:
+        if args.from_file is not None:
+            raise ValueError("pass either --from-png or --from-file, not both")
+        apply_png(args)
+    args.hires_strength = 0.5 if args.hires_strength is None else args.hires_strength
+    args.hires_upscaler = args.hires_upscaler or "lanczos"
     lines, bad = [], []
     if args.prompt:
         lines.append(JobLine(0, " ".join(args.prompt), {}))
@@ -127,6 +141,10 @@ def cmd_generate(args) -> int:
     state = _processes()
     pipe = load_pipeline(args, device=state.device if state is not None and state.device.type == "cuda" else None)
     cfg = settings(args, pipe)
+    made_by = getattr(args, "png_model_hash", None)
+    if made_by and pipe.model_hash() and made_by != pipe.model_hash():
+        log.warning("'%s' was made by a model with hash %s; this one's is %s, so the image will differ",
+                    args.from_png, made_by, pipe.model_hash())
     base = output_paths(args.output, 1)[0]  # a file, or the base of numbered files
     work, unusable = tasks(lines, cfg, pipe.settings, base, str(args.from_file))
     bad += unusable
@@ -152,7 +170,7 @@ def cmd_generate(args) -> int:
                                                  pipe.components.device.type == "cuda")
     from tqdm.auto import tqdm
 
-    groups = list(batches(todo, size))
+    groups = list(batches(todo, size, group=lambda task: pipe.chunk_count(task.prompt, task.cfg)))
     steps_bar = not args.quiet and len(groups) == 1  # one batch: its sampling steps; several: a bar of images
     share = "" if state is None else f" (process 1 of {state.num_processes}, its share)"
     bar = tqdm(total=len(todo), unit="img", desc=f"images{share}", dynamic_ncols=True,
@@ -177,6 +195,37 @@ def cmd_generate(args) -> int:
     if not any(line.output for line in lines) and main_process:  # numbered images only: named files get no grid
         _grid(work, columns=cfg.num_images if len(lines) > 1 else None)
     return EXIT_LINES_SKIPPED if bad else 0
+
+
+def apply_png(args) -> None:
+    """Fill the options not given on the command line from the parameters of the image ``args.from_png``."""
+    from ..core.samplers import get_sampler
+    from ..pipelines.regenerate import read_regeneration
+
+    found = read_regeneration(args.from_png)
+    if not args.prompt:
+        args.prompt = [found.prompt]
+    for key, value in found.settings.items():
+        if getattr(args, key) is None and key != "eta":
+            setattr(args, key, value)
+    if args.eta is None and "eta" in found.settings and get_sampler(args.sampler or "ddim").takes_eta:
+        args.eta = found.settings["eta"]
+    for key, value in found.hires.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.model is None:
+        args.model = found.model
+    if args.dtype == "auto" and found.dtype is not None:
+        args.dtype = found.dtype
+    usable = [lora for lora in found.loras if lora.get("path")]
+    if args.lora is None and usable:
+        args.lora, args.lora_scale = Path(usable[0]["path"]), float(usable[0].get("weight", 1.0))
+        found.unhonoured += [f"LoRA {lora['name']} (one --lora at a time)" for lora in usable[1:]]
+    args.png_model_hash = found.model_hash
+    for note in found.notes:
+        log.warning("%s", note)
+    if found.unhonoured:
+        log.warning("'%s': not honoured: %s", args.from_png, "; ".join(found.unhonoured))
 
 
 def _processes():

@@ -1,4 +1,4 @@
-"""Writing images: PNGs with their generation parameters, grids, atomic writes, output paths."""
+"""Images out and their parameters back in: PNGs with generation parameters, grids, atomic writes, output paths."""
 
 from __future__ import annotations
 
@@ -9,29 +9,19 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image, PngImagePlugin
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from .parameters import format_parameters
 
-def a1111_parameters(params: dict) -> str:
-    """The 'parameters' text chunk in the format most image tools read (AUTOMATIC1111 style)."""
-    lines = [params.get("prompt", "")]
-    if params.get("negative_prompt"):
-        lines.append(f"Negative prompt: {params['negative_prompt']}")
-    keys = [("Steps", "steps"), ("Sampler", "sampler"), ("CFG scale", "guidance"), ("Seed", "seed"),
-            ("Eta", "eta"), ("Model", "model"), ("Denoising strength", "strength"), ("Mask blur", "mask_blur"),
-            ("Hires upscale", "hires_scale"), ("Hires steps", "hires_steps"), ("Hires upscaler", "hires_upscaler")]
-    fields = [f"{label}: {params[k]}" for label, k in keys if params.get(k) is not None]
-    if "width" in params and "height" in params:
-        fields.insert(4, f"Size: {params['width']}x{params['height']}")
-    lines.append(", ".join(fields))
-    return "\n".join(lines)
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286  # where A1111 puts the parameters text in a JPEG or WebP
 
 
 def save_png(image: Image.Image, path: Path, params: dict | None = None) -> Path:
-    """Write a PNG atomically (temp name, then rename) with ``params`` in its text chunks."""
+    """Write a PNG atomically (temp name, then rename) with ``params`` in its text chunks: ``parameters`` in
+    AUTOMATIC1111's format (:func:`~.parameters.format_parameters`) and ``latentdiff``, the params as JSON."""
     info = PngImagePlugin.PngInfo()
     if params:
-        info.add_text("parameters", a1111_parameters(params))
+        info.add_text("parameters", format_parameters(params))
         info.add_text("latentdiff", json.dumps(params, sort_keys=True))
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -50,6 +40,47 @@ def read_params(path: Path) -> dict:
     """The generation parameters stored in a PNG written by :func:`save_png`."""
     with Image.open(path) as image:
         return json.loads(image.text["latentdiff"])
+
+
+def read_png_parameters(path: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """(our JSON params or None, the A1111 ``parameters`` text or None) of an image: a PNG's text chunks, or the
+    EXIF UserComment A1111 writes into a JPEG or WebP. A one-line ValueError naming the file when it is not an
+    image or has neither."""
+    try:
+        with Image.open(path) as image:
+            chunks = dict(getattr(image, "text", None) or {})  # PNG tEXt/iTXt/zTXt, also those after the pixels
+            if "parameters" not in chunks and (comment := _user_comment(image)):
+                chunks["parameters"] = comment
+    except FileNotFoundError:
+        raise ValueError(f"'{path}' does not exist") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"'{path}' is not a PNG/image: no image format recognises its contents") from None
+    except OSError as error:
+        raise ValueError(f"cannot read '{path}': {error.strerror or error}") from None
+    text, ours = chunks.get("parameters"), chunks.get("latentdiff")
+    if text is None and ours is None:
+        raise ValueError(f"'{path}' has no generation parameters (no 'parameters' or 'latentdiff' text chunk)")
+    if ours is not None:
+        try:
+            ours = json.loads(ours)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"'{path}' has a 'latentdiff' text chunk that is not JSON: {error}") from None
+    return ours, text
+
+
+def _user_comment(image: Image.Image) -> str | None:
+    """The EXIF UserComment text (8 bytes naming its encoding, then the text: A1111 writes UNICODE, UTF-16 BE)."""
+    raw = image.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if isinstance(raw, str):
+        return raw or None
+    if not raw:
+        return None
+    code, body = bytes(raw[:8]), bytes(raw[8:])
+    if code == b"UNICODE\0":
+        text = body.decode("utf-16-le" if body[:1] != b"\0" and body[1:2] == b"\0" else "utf-16-be", "replace")
+    else:  # ASCII, or an undefined code: UTF-8 is what other writers use
+        text = (body if code in (b"ASCII\0\0\0", b"\0" * 8) else bytes(raw)).decode("utf-8", "replace")
+    return text.strip("\0") or None
 
 
 def grid(images: Sequence[Image.Image], columns: int | None = None) -> Image.Image:

@@ -2,7 +2,7 @@
 
 A job file is plain text (one prompt a line) or JSON Lines (``.jsonl``, or any file whose first non-blank line
 starts with ``{``): per line a ``prompt`` and any of ``negative_prompt``, ``seed``, ``steps``, ``guidance``,
-``sampler``, ``width``, ``height``, ``num_images`` and ``output`` (a file name stem). A malformed line is reported
+``sampler``, ``width``, ``height``, ``num_images``, ``clip_skip``, ``prompt_syntax`` and ``output`` (a file name stem). A malformed line is reported
 with its line number and skipped; the others run.
 
 Every image is one :class:`Task` (settings, prompt, seed, output path), in job order; image i of a line uses that
@@ -16,12 +16,12 @@ import json
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from .settings import GenerationConfig
 
 JOB_KEYS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "sampler", "width", "height", "num_images",
-            "output")
+            "clip_skip", "prompt_syntax", "output")
 GRID_LIMIT = 64  # a grid is written for at most this many images (all of a job's images are held for it)
 MAX_LATENT_PIXELS = 64 * 64 * 8  # CUDA's default batch: 8 images of 64×64 latents (SD at 512 px), scaled by area
 
@@ -85,7 +85,7 @@ def _json_line(number: int, text: str) -> JobLine:
     for key, value in row.items():
         if key in ("prompt", "output") or value is None:
             continue
-        wanted = (str,) if key in ("negative_prompt", "sampler") else (float, int) if key == "guidance" else (int,)
+        wanted = (str,) if key in ("negative_prompt", "sampler", "prompt_syntax") else (float, int) if key == "guidance" else (int,)
         if isinstance(value, bool) or not isinstance(value, wanted) or key not in types:
             raise ValueError(f"\"{key}\": {json.dumps(value)} must be {'text' if wanted == (str,) else 'a number'}")
         overrides[key] = float(value) if key == "guidance" else value
@@ -129,12 +129,14 @@ def _explicit(cfg: GenerationConfig) -> dict:
     return {f.name: getattr(cfg, f.name) for f in fields(cfg)}
 
 
-def batches(work: list[Task], size: int) -> Iterator[list[Task]]:
-    """Runs of at most ``size`` consecutive tasks with equal settings and consecutive seeds."""
+def batches(work: list[Task], size: int, group: Optional[Callable[[Task], object]] = None) -> Iterator[list[Task]]:
+    """Runs of at most ``size`` consecutive tasks with equal settings, consecutive seeds and equal ``group(task)``
+    (the pipeline's chunk count of the prompt: a batch pads its prompts to the longest)."""
     run: list[Task] = []
+    group = group or (lambda task: None)
     for task in work:
         if run and (len(run) == size or replace(task.cfg, seed=0) != replace(run[0].cfg, seed=0)
-                    or task.cfg.seed != run[-1].cfg.seed + 1):
+                    or task.cfg.seed != run[-1].cfg.seed + 1 or group(task) != group(run[0])):
             yield run
             run = []
         run.append(task)

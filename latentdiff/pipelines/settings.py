@@ -10,6 +10,8 @@ from typing import Optional
 from ..core import samplers
 from ..core.guidance import check_rescale
 from ..models import Components
+from .prompt_syntax import SYNTAXES
+from .prompts import check_clip_skip
 
 GENERATION_CONFIG = "latentdiff_generation.json"  # optional per-model defaults in the model folder
 
@@ -28,6 +30,8 @@ class GenerationConfig:
     num_images: int = 1
     height: Optional[int] = None  # None: the UNet's sample_size × the VAE factor
     width: Optional[int] = None
+    clip_skip: int = 1  # A1111 numbering: 1 = the text encoder's output, 2 = its penultimate layer, …
+    prompt_syntax: str = "a1111"  # a1111: (emphasis:1.2), [less], BREAK; plain: the text as it is
 
     @classmethod
     def for_model(cls, path: Optional[Path]) -> "GenerationConfig":
@@ -52,6 +56,9 @@ def resolve_settings(defaults: GenerationConfig, components: Components,
             near = max(factor, round(value / factor) * factor)
             raise ValueError(f"{name}={value} is not a positive multiple of the VAE factor {factor}; use e.g. {near}")
     check_rescale(cfg.guidance_rescale)
+    check_clip_skip(cfg.clip_skip, components.text_encoder)
+    if cfg.prompt_syntax not in SYNTAXES:
+        raise ValueError(f"prompt_syntax={cfg.prompt_syntax!r} is not one of {', '.join(map(repr, SYNTAXES))}")
     if cfg.num_images < 1:
         raise ValueError(f"num_images={cfg.num_images} must be at least 1")
     return cfg, samplers.plan(cfg.sampler, components.schedule, cfg.steps, cfg.eta)

@@ -16,7 +16,9 @@ from ..core.guidance import CFGDenoiser, UNetModel
 from ..core.samplers import Plan
 from ..core.sampling import randn
 from ..models import Components, decode_latents, load_components, save_components, to_uint8
-from .prompts import encode_prompts
+from ..models.lora import WEIGHT_NAME as LORA_WEIGHTS
+from .parameters import lora_hash, model_hash
+from .prompts import chunk_count, encode_prompts
 from .settings import GENERATION_CONFIG, GenerationConfig, resolve_settings
 
 
@@ -38,6 +40,8 @@ class TextToImage:
         self.defaults = defaults or GenerationConfig.for_model(components.path)
         self.model_name = str(components.path) if components.path is not None else "<in memory>"
         self._plans: dict[tuple, Plan] = {}  # settings validated and planned once: (sampler, steps, eta) -> plan
+        self.loras: list[dict] = []  # {"name", "hash", "weight"} of each LoRA fused in (A1111's 'Lora hashes')
+        self._model_hash: Optional[str] = None
 
     @classmethod
     def from_pretrained(cls, model: Union[str, os.PathLike], *, dtype="auto", device="auto",
@@ -58,6 +62,7 @@ class TextToImage:
 
             load_lora(components.unet, lora, lora_scale)
             pipe.model_name += f" + LoRA {Path(lora).resolve()} x{lora_scale:g}"
+            pipe.loras.append(lora_record(lora, lora_scale))
         return pipe
 
     def save_pretrained(self, folder: Union[str, os.PathLike]) -> Path:
@@ -130,9 +135,18 @@ class TextToImage:
         """The guided denoiser of ``prompts`` (one per sample) with ``cfg``'s negative prompt and guidance;
         ``model`` replaces the plain UNet adapter (e.g. an inpainting UNet's extra input channels)."""
         c = self.components
-        cond = encode_prompts(c, prompts)  # (B, L, D)
-        uncond = encode_prompts(c, [cfg.negative_prompt] * len(prompts)) if cfg.guidance != 1 else None
+        negatives = [cfg.negative_prompt] * len(prompts) if cfg.guidance != 1 else []
+        options = dict(syntax=cfg.prompt_syntax, clip_skip=cfg.clip_skip, max_chunks=None,
+                       chunks=max(self.chunk_count(p, cfg) for p in [*prompts, *negatives[:1]]))
+        cond = encode_prompts(c, prompts, **options)  # (B, n·L, D)
+        uncond = encode_prompts(c, negatives, **options) if negatives else None
         return CFGDenoiser(model or UNetModel(c.unet), cond, uncond, cfg.guidance, cfg.guidance_rescale)
+
+    def chunk_count(self, prompt: str, cfg: GenerationConfig) -> int:
+        """Chunks of the text encoder's window ``prompt`` takes. A batch's prompts and negative prompt are all
+        padded to the most any of them takes, with the empty prompt's chunk (as A1111 pads them), so an image
+        is made again alone exactly when no prompt of its batch took more chunks than it or its negative."""
+        return chunk_count(self.components.tokenizer, prompt, cfg.prompt_syntax)
 
     def decode(self, latents: torch.Tensor, prompts: Sequence[str], seeds: Sequence[int], cfg: GenerationConfig,
                **extra_params) -> list[Generated]:
@@ -144,11 +158,32 @@ class TextToImage:
 
     def params(self, cfg: GenerationConfig, prompt: str, seed: int, **extra) -> dict:
         """The parameters an image carries (its PNG chunk): enough to make it again alone."""
+        identity = {"model_hash": self.model_hash()} if self.model_hash() else {}
+        if self.loras:
+            identity["loras"] = self.loras
         return dict(asdict(cfg), prompt=prompt, seed=seed, num_images=1, model=self.model_name,
-                    dtype=str(self.components.dtype).removeprefix("torch."), **extra)
+                    dtype=str(self.components.dtype).removeprefix("torch."), **identity, **extra)
+
+    def model_hash(self) -> str:
+        """A1111's short model hash of the model's file (of its UNet weights for a folder), computed once; '' for a
+        model held only in memory or whose UNet weights are not one file (sharded)."""
+        if self._model_hash is None:
+            try:
+                self._model_hash = model_hash(self.components.path) if self.components.path is not None else ""
+            except ValueError:
+                self._model_hash = ""
+        return self._model_hash
 
     def __call__(self, prompt: Union[str, Sequence[str]], **kwargs) -> list[Image.Image]:
         return [g.image for g in self.generate(prompt, **kwargs)]
+
+
+def lora_record(path: Union[str, os.PathLike], weight: float) -> dict:
+    """A LoRA as an image's parameters name it: its name (file stem or folder), A1111's hash, the weight applied."""
+    path = Path(path)
+    file = path if path.is_file() else path / LORA_WEIGHTS
+    return {"name": path.stem if path.is_file() else path.name, "hash": lora_hash(file), "weight": weight,
+            "path": str(path.resolve())}
 
 
 def latent_channels(components: Components) -> int:

@@ -36,6 +36,7 @@ class DataConfig:
     cache: bool = True  # encode latents and text once into an on-disk cache
     cache_dir: Optional[str] = None  # default: <output_dir>/cache
     encode_batch_size: int = 8
+    max_chunks: int = 1  # caption windows of the text encoder kept (A1111-style chunks); longer ones are cut
 
 
 @dataclass

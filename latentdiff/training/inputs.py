@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from ..models import Components, encode_images, scale_latents
-from ..pipelines.prompts import encode_prompts
+from ..pipelines.prompts import chunk_count, encode_prompts
 from .cache import TensorCache, content_key, module_identity
 from .data import Item, Transform, load_image, pick_caption, sample_rng
 
@@ -53,12 +53,12 @@ class TrainingInputs:
     """Latents (scaled, sampled from q(z|x)) and text embeddings for micro-batches of (epoch, index)."""
 
     def __init__(self, items: list[Item], transform: Transform, frozen: Components, seed: int,
-                 cache_dir: Optional[Path] = None, encode_batch_size: int = 8):
+                 cache_dir: Optional[Path] = None, encode_batch_size: int = 8, max_chunks: int = 1):
         if cache_dir is not None and transform.crop == "random":
             raise ValueError("data.crop=random cannot use the latent cache (every crop differs); "
                              "set data.crop=center or data.cache=false")
         self.items, self.transform, self.frozen, self.seed = items, transform, frozen, seed
-        self.encode_batch_size = encode_batch_size
+        self.encode_batch_size, self.max_chunks = encode_batch_size, max_chunks
         self.counts = {"vae_images": 0, "text_prompts": 0}  # encoder work done by this process
         self.cache_dir = cache_dir
         self.latents: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -68,8 +68,18 @@ class TrainingInputs:
     # --- encoders ---------------------------------------------------------------------------------
 
     def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """(B, n·L, D): captions (plain text) in up to ``max_chunks`` chunks, padded to the batch's longest."""
         self.counts["text_prompts"] += len(prompts)
-        return encode_prompts(self.frozen, prompts).float()
+        return encode_prompts(self.frozen, prompts, max_chunks=self.max_chunks).float()
+
+    def _chunks(self, caption: str) -> int:
+        return min(self.max_chunks, chunk_count(self.frozen.tokenizer, caption))
+
+    def _stack_text(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
+        """(B, n·L, D): cached caption embeddings, each padded with empty chunks to the longest."""
+        length = max(e.shape[0] for e in embeddings)
+        return torch.stack([torch.cat([e, *[self.empty] * ((length - e.shape[0]) // self.empty.shape[0])])
+                            for e in embeddings])
 
     def _encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.counts["vae_images"] += pixels.shape[0]
@@ -95,7 +105,8 @@ class TrainingInputs:
         latent_keys = {(i, f): content_key(item.digest, self.transform.key(), f"flip={f}", vae_id)
                        for i, item in enumerate(self.items) for f in flips}
         captions = sorted({c for item in self.items for c in item.captions})
-        text_keys = {c: content_key(c, text_id) for c in captions}
+        chunks = () if self.max_chunks == 1 else (f"max_chunks={self.max_chunks}",)
+        text_keys = {c: content_key(c, text_id, *chunks) for c in captions}
 
         todo = latent_cache.missing(latent_keys.values())[rank::world]
         todo_text = text_cache.missing(text_keys.values())[rank::world]
@@ -113,7 +124,10 @@ class TrainingInputs:
         by_key = {v: k for k, v in text_keys.items()}
         for start in range(0, len(todo_text), self.encode_batch_size):
             chunk = todo_text[start:start + self.encode_batch_size]
-            text_cache.add({k: {"embedding": e} for k, e in zip(chunk, self._encode_text([by_key[k] for k in chunk]))})
+            captions = [by_key[k] for k in chunk]
+            length = self.empty.shape[0]  # each caption's own chunks (the batch pads to its longest)
+            text_cache.add({k: {"embedding": e[: self._chunks(c) * length]}
+                            for k, c, e in zip(chunk, captions, self._encode_text(captions))})
         barrier()
         latent_cache.refresh()
         text_cache.refresh()
@@ -136,7 +150,7 @@ class TrainingInputs:
                 _, _, flipped = self.transform.choose((r, r), sample_rng(self.seed, e, i, "transform"))
                 views.append(self.latents[(i, flipped)])
             mean, std = torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views])
-            text = torch.stack([self.texts[c] for c in captions])
+            text = self._stack_text([self.texts[c] for c in captions])
         else:
             pixels = [self.transform.apply(*self._view(e, i)) for e, i in samples]
             mean, std = self._encode_pixels(torch.stack(pixels))

@@ -70,10 +70,12 @@ def noised_batch(
 
 
 def drop_captions(embeddings: torch.Tensor, empty: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    """Replace each sample's text embedding by the empty-prompt embedding with probability p (CFG training)."""
+    """Replace each sample's text embedding by the empty-prompt embedding (L, D) with probability p (CFG training);
+    embeddings of n chunks (B, n·L, D) are replaced by n empty chunks."""
     if p <= 0:
         return embeddings
     drop = torch.rand(embeddings.shape[0], generator=generator) < p  # (B,)
+    empty = empty.repeat(embeddings.shape[1] // empty.shape[0], 1)  # (n·L, D)
     return torch.where(drop.to(embeddings.device)[:, None, None], empty.to(embeddings), embeddings)
 
 

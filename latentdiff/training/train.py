@@ -117,7 +117,7 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
         remove_stale_temporaries(out)
     accelerator.wait_for_everyone()
     cache_dir = Path(d.cache_dir or out / "cache") if d.cache else None
-    inputs = TrainingInputs(report.items, transform, frozen, t.seed, cache_dir, d.encode_batch_size)
+    inputs = TrainingInputs(report.items, transform, frozen, t.seed, cache_dir, d.encode_batch_size, d.max_chunks)
     if cache_dir is not None:
         inputs.build_cache(rank, world, accelerator.wait_for_everyone)
     order = SampleOrder(len(report.items), t.seed, t.batch_size, world)

@@ -109,6 +109,7 @@ def _at_least_one(v) -> bool:
 NUMBER_RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("data.resolution", _at_least_one, "must be >= 1 pixels (e.g. 512)"),
     ("data.encode_batch_size", _at_least_one, "must be >= 1"),
+    ("data.max_chunks", _at_least_one, "must be >= 1 (chunks of the text encoder's window per caption)"),
     ("train.batch_size", _at_least_one, "must be >= 1"),
     ("train.gradient_accumulation_steps", _at_least_one, "must be >= 1"),
     ("train.max_steps", _at_least_one, "must be >= 1"),
