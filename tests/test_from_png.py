@@ -22,7 +22,10 @@ def pixels(path):
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+NOISY = ("ddim", "dpmpp-2m-sde-karras", "euler-a")  # deterministic, SDE, ancestral: the rest run with -m slow
+
+
+@pytest.mark.parametrize("sampler", [s if s in NOISY else pytest.param(s, marks=pytest.mark.slow) for s in SAMPLERS])
 def test_our_png_is_made_again_with_the_same_pixels(tiny_models, tmp_path, capsys, sampler):
     model = tiny_models[("v_prediction", 4)]
     first, again = tmp_path / "first.png", tmp_path / "again.png"
