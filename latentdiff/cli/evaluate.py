@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .common import add_model_args, check_eta_given, quiet_libraries, resolve_model, sampler_names
@@ -21,6 +22,10 @@ def add_parser(sub) -> None:
     ev.add_argument("--prompt-seed", type=int,
                     help="draws the prompt set (default 1234, the set of the recorded tables); another seed gives a "
                          "second set, to tell a difference from noise")
+    ev.add_argument("--prompts", choices=["template", "paraphrase"], default="template",
+                    help="template: every attribute said as the training captions say it most (default); "
+                         "paraphrase: in phrasings the captions never use (backdrop, 'the background is', "
+                         "'colored', sentences, lists, attributes after the background), scored per phrasing too")
     ev.add_argument("--guidance-rescale", type=float, help="guidance rescale φ in [0, 1] (default: the model's)")
     ev.add_argument("--sampler", help=f"{sampler_names()} (default: the model's)")
     ev.add_argument("--eta", type=float, help="DDIM η (default: the model's)")
@@ -35,6 +40,7 @@ def cmd_eval(args) -> int:
     from ..models import vae_round_trip
     from ..pipelines import Pipeline
     from ..shapes.evaluate import PROMPT_SEED, ROUND_TRIP, evaluate, prompt_set, table
+    from ..shapes.paraphrase import PARAPHRASE_SEED, accuracy_by_phrasing, paraphrase_set
 
     quiet_libraries()
     pipe = Pipeline.from_pretrained(resolve_model(args.model), dtype=args.dtype, device=args.device,
@@ -47,13 +53,23 @@ def cmd_eval(args) -> int:
     settings = dict(steps=args.steps, sampler=args.sampler, eta=args.eta, guidance_rescale=args.guidance_rescale)
     cfg = pipe.settings(**settings)  # validate before any work
     check_eta_given(args.eta, cfg.sampler)
-    prompt_seed = PROMPT_SEED if args.prompt_seed is None else args.prompt_seed
-    results = evaluate(pipe, prompt_set(args.seen, args.heldout, seed=prompt_seed), guidances, seeds=args.seeds,
-                       out_dir=args.out, progress=not args.quiet,
+    if args.prompts == "paraphrase":
+        prompt_seed = PARAPHRASE_SEED if args.prompt_seed is None else args.prompt_seed
+        prompts = paraphrase_set(args.seen, args.heldout, seed=prompt_seed)
+    else:
+        prompt_seed = PROMPT_SEED if args.prompt_seed is None else args.prompt_seed
+        prompts = prompt_set(args.seen, args.heldout, seed=prompt_seed)
+    results = evaluate(pipe, prompts, guidances, seeds=args.seeds, out_dir=args.out, progress=not args.quiet,
                        round_trip=lambda images: vae_round_trip(pipe.components, images), **settings)
     print(f"sampler {cfg.sampler}{f' (eta {cfg.eta:g})' if get_sampler(cfg.sampler).takes_eta else ''}, {cfg.steps} steps, "
           f"guidance rescale {cfg.guidance_rescale:g}, {args.seeds} seeds, prompt seed {prompt_seed}")
+    print(f"{args.prompts} prompts: {args.seen} seen, {args.heldout} held out")
     print(table(results))
+    if args.prompts == "paraphrase":
+        readings = json.loads((args.out / "readings.json").read_text())
+        for w, by_name in accuracy_by_phrasing(readings, prompts).items():
+            print(f"guidance {w:g}, all attributes by phrasing: "
+                  + ", ".join(f"{name} {100 * acc:.1f}%" for name, acc in by_name.items()))
     print(f"('{ROUND_TRIP}': true renderings of the same prompts through the model's VAE alone, the ceiling)")
     print(f"grids and readings in {args.out}/")
     return 0
