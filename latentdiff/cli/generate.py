@@ -4,8 +4,10 @@ batch is done, a job resumed where it stopped, and a grid for small jobs."""
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
+from typing import Optional
 
 from .common import add_model_args, check_eta_given, quiet_libraries, resolve_model, sampler_names
 
@@ -43,8 +45,11 @@ def add_generation_args(gen, size_default: str = "the model's") -> None:
     gen.add_argument("--from-file", type=Path, help="a text file with one prompt per line (generate: or a JSONL job)")
     gen.add_argument("--negative-prompt", help="what to steer away from (default: empty)")
     add_model_args(gen)
-    gen.add_argument("--lora", type=Path, help="LoRA weights (.safetensors or a folder) to apply to the UNet")
-    gen.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1)")
+    gen.add_argument("--lora", action="append", metavar="PATH[:WEIGHT]", help="a LoRA (diffusers or kohya/A1111 "
+                     ".safetensors, or a folder) fused into the UNet and the text encoder, with its weight after a "
+                     "':' (e.g. style.safetensors:0.7); repeat for several")
+    gen.add_argument("--lora-scale", type=float, default=1.0, help="weight of each --lora given without one "
+                     "(default 1)")
     gen.add_argument("--vae-tiling", action="store_true", help="decode (and encode) large images tile by tile, as "
                      "diffusers' vae.enable_tiling(): less memory, seams blended")
     gen.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time, as diffusers' "
@@ -89,9 +94,28 @@ def load_pipeline(args, device=None):
     model = resolve_model(args.model)
     quiet_libraries()
     return Pipeline.from_pretrained(model, dtype=args.dtype, device=device or args.device,
-                                    allow_pickle=args.allow_pickle,
-                                    lora=args.lora, lora_scale=args.lora_scale, vae_tiling=args.vae_tiling,
-                                    vae_slicing=args.vae_slicing)
+                                    allow_pickle=args.allow_pickle, lora=lora_choices(args),
+                                    vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing)
+
+
+def lora_choices(args) -> list[tuple[Path, float]]:
+    """(path, weight) of each --lora, --lora-scale where it names no weight."""
+    parsed = [parse_lora(text) for text in args.lora or ()]
+    return [(path, args.lora_scale if weight is None else weight) for path, weight in parsed]
+
+
+def parse_lora(text: str) -> tuple[Path, Optional[float]]:
+    """``PATH[:WEIGHT]`` → (path, weight or None). The part after the last ':' is a weight only when it is a finite
+    number and the whole text is no existing path: 'C:\\loras\\x.safetensors' and 'a:b/x.safetensors' stay paths."""
+    head, sep, tail = str(text).rpartition(":")
+    if sep and head and not Path(text).exists():
+        try:
+            weight = float(tail)
+        except ValueError:
+            return Path(text), None
+        if math.isfinite(weight):
+            return Path(head), weight
+    return Path(text), None
 
 
 def settings(args, pipe, **size):
@@ -218,9 +242,8 @@ def apply_png(args) -> None:
     if args.dtype == "auto" and found.dtype is not None:
         args.dtype = found.dtype
     usable = [lora for lora in found.loras if lora.get("path")]
-    if args.lora is None and usable:
-        args.lora, args.lora_scale = Path(usable[0]["path"]), float(usable[0].get("weight", 1.0))
-        found.unhonoured += [f"LoRA {lora['name']} (one --lora at a time)" for lora in usable[1:]]
+    if not args.lora and usable:  # each with its weight, written so that parse_lora reads it back
+        args.lora = [f"{lora['path']}:{float(lora.get('weight', 1.0))!r}" for lora in usable]
     args.png_model_hash = found.model_hash
     for note in found.notes:
         log.warning("%s", note)

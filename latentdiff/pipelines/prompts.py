@@ -45,9 +45,15 @@ def prompt_chunks(tokenizer, prompt: str, syntax: str = "plain",
     ``COMMA_BACKTRACK`` tokens back, the words after that comma move to the next chunk. ``BREAK`` closes the
     chunk at once (an empty chunk when nothing precedes it). A prompt always has at least one chunk. With
     ``max_chunks``, the last allowed chunk is filled without moving words and whatever follows is dropped.
+
+    A multi-vector embedding's token stands for all its vectors (:func:`embedding_vectors`), each with the
+    token's weight; as in A1111's ``tokenize_line`` (``modules/sd_hijack_clip.py``), vectors that do not fit in
+    the current chunk close it and start the next, whole (unless there are more vectors than a chunk holds, or
+    the chunk is the last allowed one: then they fill it and the rest follow, as words do).
     """
     size = window(tokenizer)
     comma = tokenizer.get_vocab().get(",</w>")
+    vectors = embedding_vectors(tokenizer)
     chunks: list[Chunk] = []
     chunk, last_comma = Chunk(), -1
 
@@ -62,25 +68,44 @@ def prompt_chunks(tokenizer, prompt: str, syntax: str = "plain",
             chunk = close()
             continue
         text, weight = piece
-        for token in tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text)) if text else []:
+        # ids from the tokenizer, not tokenize() + convert_tokens_to_ids(): those lose an added token's case
+        for token in tokenizer(text, add_special_tokens=False, verbose=False).input_ids if text else []:
+            group = vectors.get(token, (token,))  # (token,) or an embedding's (token, token_1, …)
+            movable = max_chunks is None or len(chunks) < max_chunks - 1  # words may move to a next chunk
             if token == comma:
                 last_comma = len(chunk.tokens)
-            elif (len(chunk.tokens) == size and last_comma != -1 and size - last_comma <= COMMA_BACKTRACK
-                  and (max_chunks is None or len(chunks) < max_chunks - 1)):
+            elif len(chunk.tokens) == size and last_comma != -1 and size - last_comma <= COMMA_BACKTRACK and movable:
                 cut = last_comma + 1
                 moved = Chunk(chunk.tokens[cut:], chunk.weights[cut:])
                 del chunk.tokens[cut:], chunk.weights[cut:]
                 close()
                 chunk = moved
-            if len(chunk.tokens) == size:
-                chunk = close()
-            chunk.tokens.append(token)
-            chunk.weights.append(weight)
+            if len(chunk.tokens) + len(group) > size >= len(group) and movable:
+                chunk = close()  # an embedding's vectors are not split across chunks (A1111)
+            for vector in group:
+                if len(chunk.tokens) == size:
+                    chunk = close()
+                chunk.tokens.append(vector)
+                chunk.weights.append(weight)
     if chunk.tokens or not chunks:
         close()
     if max_chunks is not None and len(chunks) > max_chunks:
         return chunks[:max_chunks], [t for c in chunks[max_chunks:] for t in c.tokens]
     return chunks, []
+
+
+def embedding_vectors(tokenizer) -> dict[int, tuple[int, ...]]:
+    """Added token id → the ids of all its vectors, for each multi-vector embedding in the tokenizer: token ``t``
+    stands for ``t t_1 … t_{n-1}`` when those are added tokens (diffusers' ``maybe_convert_prompt`` rule, on ids)."""
+    added = tokenizer.added_tokens_encoder  # text → id
+    found = {}
+    for text, first in added.items():
+        ids = [first]
+        while f"{text}_{len(ids)}" in added:
+            ids.append(added[f"{text}_{len(ids)}"])
+        if len(ids) > 1:
+            found[first] = tuple(ids)
+    return found
 
 
 def chunk_count(tokenizer, prompt: str, syntax: str = "plain") -> int:

@@ -21,6 +21,8 @@ from .parameters import lora_hash, model_hash
 from .prompts import chunk_count, encode_prompts
 from .settings import GENERATION_CONFIG, GenerationConfig, resolve_settings
 
+LoraArg = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike, tuple[Union[str, os.PathLike], float]]]]
+
 
 @dataclass
 class Generated:
@@ -45,24 +47,27 @@ class TextToImage:
 
     @classmethod
     def from_pretrained(cls, model: Union[str, os.PathLike], *, dtype="auto", device="auto",
-                        allow_pickle: bool = False, lora: Optional[Union[str, os.PathLike]] = None,
-                        lora_scale: float = 1.0, vae_tiling: bool = False,
-                        vae_slicing: bool = False) -> "TextToImage":
-        """Load a model folder; ``lora`` (a diffusers/kohya LoRA file or folder) is fused into the UNet.
-        ``vae_tiling`` / ``vae_slicing``: diffusers' ``vae.enable_tiling()`` / ``enable_slicing()`` (large images
-        decoded and encoded tile by tile; a batch one image at a time), to bound memory."""
+                        allow_pickle: bool = False, lora: LoraArg = None, lora_scale: float = 1.0,
+                        vae_tiling: bool = False, vae_slicing: bool = False) -> "TextToImage":
+        """Load a model folder; ``lora``: LoRA files or folders (diffusers/peft or kohya/A1111) fused into the UNet and
+        the text encoder: one path (weight ``lora_scale``), or a list of paths (each ``lora_scale``) and
+        (path, weight) pairs. ``vae_tiling`` / ``vae_slicing``: diffusers' ``vae.enable_tiling()`` /
+        ``enable_slicing()`` (large images decoded and encoded tile by tile; a batch one image at a time), to bound
+        memory."""
         components = load_components(model, dtype=dtype, device=device, allow_pickle=allow_pickle)
         if vae_tiling:
             components.vae.enable_tiling()
         if vae_slicing:
             components.vae.enable_slicing()
         pipe = cls(components)
-        if lora is not None:
-            from ..models.lora import load_lora
+        loras = lora_list(lora, lora_scale)
+        if loras:
+            from ..models.lora import load_loras
 
-            load_lora(components.unet, lora, lora_scale)
-            pipe.model_name += f" + LoRA {Path(lora).resolve()} x{lora_scale:g}"
-            pipe.loras.append(lora_record(lora, lora_scale))
+            load_loras(components, loras)
+            for path, weight in loras:
+                pipe.model_name += f" + LoRA {Path(path).resolve()} x{weight:g}"
+                pipe.loras.append(lora_record(path, weight))
         return pipe
 
     def save_pretrained(self, folder: Union[str, os.PathLike]) -> Path:
@@ -184,6 +189,25 @@ def lora_record(path: Union[str, os.PathLike], weight: float) -> dict:
     file = path if path.is_file() else path / LORA_WEIGHTS
     return {"name": path.stem if path.is_file() else path.name, "hash": lora_hash(file), "weight": weight,
             "path": str(path.resolve())}
+
+
+def lora_list(lora: LoraArg, weight: float = 1.0) -> list[tuple[Path, float]]:
+    """(path, weight) of each LoRA given as one path, or as a list of paths (weight ``weight``) and (path, weight)."""
+    if lora is None:
+        return []
+    if isinstance(lora, (str, os.PathLike)):
+        return [(Path(lora), float(weight))]
+    if isinstance(lora, tuple) and len(lora) == 2 and isinstance(lora[1], (int, float)):
+        lora = [lora]  # one (path, weight) pair
+    found = []
+    for item in lora:
+        if isinstance(item, (str, os.PathLike)):
+            found.append((Path(item), float(weight)))
+        elif isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[1], (int, float)):
+            found.append((Path(item[0]), float(item[1])))
+        else:
+            raise ValueError(f"lora={item!r} is neither a path nor a (path, weight) pair; pass paths or pairs")
+    return found
 
 
 def latent_channels(components: Components) -> int:

@@ -45,6 +45,12 @@ class LoraConfig:
     rank: int = 4
     alpha: float = 4.0
     target_modules: list = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    # also train adapters on the text encoder's attention (q/k/v/out_proj); its captions are then encoded in every
+    # step instead of read from the text cache
+    train_text_encoder: bool = False
+    # diffusers: lora/pytorch_lora_weights.safetensors; kohya: lora/<output_dir name>.safetensors (A1111, ComfyUI);
+    # both: the two files
+    format: str = "diffusers"
 
 
 @dataclass

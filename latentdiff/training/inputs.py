@@ -6,7 +6,9 @@ of (seed, step), so resuming at step s replays exactly what an uninterrupted run
 
 With the cache, VAE latent distributions (mean, std; a sample is drawn per use) and text embeddings
 are computed once, keyed by content, and reused across runs and processes. Without it, every batch
-is encoded on the fly — the same numbers, the way diffusers' example script works.
+is encoded on the fly — the same numbers, the way diffusers' example script works. When the text
+encoder trains (LoRA on it), text is never cached: batches carry the captions, and the training step
+encodes them with :func:`encode_captions`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Optional
 import torch
 
 from ..models import Components, encode_images, scale_latents
-from ..pipelines.prompts import chunk_count, encode_prompts
+from ..pipelines.prompts import Chunk, chunk_count, chunk_ids, encode_prompts, hidden_states, prompt_chunks
 from .cache import TensorCache, content_key, module_identity
 from .data import Item, Transform, load_image, pick_caption, sample_rng
 
@@ -53,12 +55,14 @@ class TrainingInputs:
     """Latents (scaled, sampled from q(z|x)) and text embeddings for micro-batches of (epoch, index)."""
 
     def __init__(self, items: list[Item], transform: Transform, frozen: Components, seed: int,
-                 cache_dir: Optional[Path] = None, encode_batch_size: int = 8, max_chunks: int = 1):
+                 cache_dir: Optional[Path] = None, encode_batch_size: int = 8, max_chunks: int = 1,
+                 encode_text: bool = True):
         if cache_dir is not None and transform.crop == "random":
             raise ValueError("data.crop=random cannot use the latent cache (every crop differs); "
                              "set data.crop=center or data.cache=false")
         self.items, self.transform, self.frozen, self.seed = items, transform, frozen, seed
         self.encode_batch_size, self.max_chunks = encode_batch_size, max_chunks
+        self.encode_text = encode_text  # False: the text encoder trains, batches carry captions (never cached)
         self.counts = {"vae_images": 0, "text_prompts": 0}  # encoder work done by this process
         self.cache_dir = cache_dir
         self.latents: dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -104,7 +108,7 @@ class TrainingInputs:
         flips = (False, True) if self.transform.flip else (False,)
         latent_keys = {(i, f): content_key(item.digest, self.transform.key(), f"flip={f}", vae_id)
                        for i, item in enumerate(self.items) for f in flips}
-        captions = sorted({c for item in self.items for c in item.captions})
+        captions = sorted({c for item in self.items for c in item.captions}) if self.encode_text else []
         chunks = () if self.max_chunks == 1 else (f"max_chunks={self.max_chunks}",)
         text_keys = {c: content_key(c, text_id, *chunks) for c in captions}
 
@@ -141,7 +145,8 @@ class TrainingInputs:
     # --- batches ----------------------------------------------------------------------------------
 
     def batch(self, samples: list[tuple[int, int]], generator: torch.Generator):
-        """(latents (B, C, h, w), text embeddings (B, L, D)) for samples of (epoch, index)."""
+        """(latents (B, C, h, w), text embeddings (B, L, D)) for samples of (epoch, index); with ``encode_text``
+        off, (latents, the B captions)."""
         captions = [pick_caption(self.items[i], self.seed, e, i) for e, i in samples]
         if self.latents:  # cached
             views = []
@@ -150,10 +155,24 @@ class TrainingInputs:
                 _, _, flipped = self.transform.choose((r, r), sample_rng(self.seed, e, i, "transform"))
                 views.append(self.latents[(i, flipped)])
             mean, std = torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views])
-            text = self._stack_text([self.texts[c] for c in captions])
+            text = self._stack_text([self.texts[c] for c in captions]) if self.encode_text else captions
         else:
             pixels = [self.transform.apply(*self._view(e, i)) for e, i in samples]
             mean, std = self._encode_pixels(torch.stack(pixels))
-            text = self._encode_text(captions)
+            text = self._encode_text(captions) if self.encode_text else captions
         z = mean + std * torch.randn(mean.shape, generator=generator)  # a sample of q(z | x)
         return scale_latents(self.frozen, z), text
+
+
+def encode_captions(text_encoder: torch.nn.Module, tokenizer, captions: list[str], max_chunks: int = 1) -> torch.Tensor:
+    """(B, n·L, D): captions (plain text, up to ``max_chunks`` chunks, padded to the longest) as the text cache holds
+    them, but encoded with gradients, for a text encoder that trains. ``text_encoder`` may be wrapped (DDP)."""
+    per_caption = [prompt_chunks(tokenizer, caption, "plain", max_chunks)[0] for caption in captions]
+    n = max(len(found) for found in per_caption)
+    rows = [c for found in per_caption for c in found + [Chunk() for _ in range(n - len(found))]]  # (B·n)
+    ids, mask = chunk_ids(tokenizer, rows)  # (B·n, L)
+    config = getattr(text_encoder, "module", text_encoder).config
+    device = next(text_encoder.parameters()).device
+    mask = mask.to(device) if getattr(config, "use_attention_mask", False) else None
+    z = hidden_states(text_encoder, ids.to(device), mask)  # (B·n, L, D)
+    return z.reshape(len(captions), n * ids.shape[1], z.shape[-1])

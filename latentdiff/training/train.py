@@ -28,7 +28,7 @@ from .checkpoint import list_checkpoints, load_checkpoint, remove_stale_temporar
 from .config import Config
 from .data import Transform, scan_dataset
 from .ema import EMA
-from .inputs import SampleOrder, TrainingInputs, stable_seed
+from .inputs import SampleOrder, TrainingInputs, encode_captions, stable_seed
 from .objective import drop_captions, noised_batch, weighted_mse
 from .validate import read_scheduler_overrides, validate
 
@@ -45,7 +45,8 @@ class TrainResult:
     loss: float
     output_dir: Path
     model_dir: Optional[Path] = None
-    lora_path: Optional[Path] = None
+    lora_path: Optional[Path] = None  # the first of lora_paths
+    lora_paths: list = field(default_factory=list)  # the LoRA files written (lora.format: diffusers, kohya or both)
     encoder_counts: dict = field(default_factory=dict)
     seconds_per_step: Optional[float] = None  # wall time per optimizer step, after the first WARMUP_STEPS
 
@@ -95,10 +96,14 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     frozen.scheduler_config = scheduler_config
     schedule = Schedule.from_config(scheduler_config)
     unet = _build_unet(config, frozen)
+    text_encoder = None  # the text encoder when it trains (LoRA adapters on its attention), else frozen in `frozen`
     if config.lora.enabled:
-        from ..models.lora import add_lora
+        from ..models.lora import add_lora, add_text_encoder_lora
 
         params = add_lora(unet, config.lora)
+        if config.lora.train_text_encoder:
+            text_encoder = frozen.text_encoder
+            params += add_text_encoder_lora(text_encoder, config.lora)
     else:
         unet.requires_grad_(True)
         params = list(unet.parameters())
@@ -117,7 +122,11 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
         remove_stale_temporaries(out)
     accelerator.wait_for_everyone()
     cache_dir = Path(d.cache_dir or out / "cache") if d.cache else None
-    inputs = TrainingInputs(report.items, transform, frozen, t.seed, cache_dir, d.encode_batch_size, d.max_chunks)
+    if text_encoder is not None and accelerator.is_main_process:
+        log.info("lora.train_text_encoder: captions are encoded by the training text encoder in every step; "
+                 "text embeddings are not cached (latents still are)")
+    inputs = TrainingInputs(report.items, transform, frozen, t.seed, cache_dir, d.encode_batch_size, d.max_chunks,
+                            encode_text=text_encoder is None)
     if cache_dir is not None:
         inputs.build_cache(rank, world, accelerator.wait_for_everyone)
     order = SampleOrder(len(report.items), t.seed, t.batch_size, world)
@@ -128,7 +137,11 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
                                   weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
     lr_scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps * world,
                                  num_training_steps=t.max_steps * world)
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if text_encoder is None:
+        unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    else:
+        unet, text_encoder, optimizer, lr_scheduler = accelerator.prepare(unet, text_encoder, optimizer, lr_scheduler)
+    trained = [unet] if text_encoder is None else [unet, text_encoder]
     ema = EMA(params, t.ema_decay) if t.ema_decay else None
 
     step = 0
@@ -147,11 +160,16 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
         for micro in range(t.gradient_accumulation_steps):
             g = step * t.gradient_accumulation_steps + micro
             generator = torch.Generator().manual_seed(stable_seed(t.seed, "micro", g, rank))
-            latents, text = inputs.batch(order.micro_batch(g, rank), generator)  # (B, C, h, w), (B, L, D)
-            text = drop_captions(text, inputs.empty, t.caption_dropout, generator)
+            latents, text = inputs.batch(order.micro_batch(g, rank), generator)  # (B, C, h, w), (B, L, D) | captions
+            if text_encoder is None:
+                text = drop_captions(text, inputs.empty, t.caption_dropout, generator)
+            else:
+                text = _drop_caption_texts(text, t.caption_dropout, generator)
             batch = noised_batch(latents.to(accelerator.device), schedule, generator,
                                  noise_offset=t.noise_offset, snr_gamma=t.snr_gamma)
-            with accelerator.accumulate(unet), accelerator.autocast():
+            with accelerator.accumulate(*trained), accelerator.autocast():
+                if text_encoder is not None:
+                    text = encode_captions(text_encoder, frozen.tokenizer, text, d.max_chunks)  # (B, L, D)
                 prediction = unet(batch.x_t, batch.t, encoder_hidden_states=text.to(accelerator.device)).sample
                 loss = weighted_mse(prediction, batch.target, batch.weight)
                 _stop_if_not_finite(accelerator, loss, step, out)
@@ -176,7 +194,7 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
             _validate(accelerator, unet, frozen, ema, config, step, trackers)
     bar.close()
 
-    # 5. Export: the EMA weights if any; LoRA as a diffusers LoRA file, else a full model folder.
+    # 5. Export: the EMA weights if any; LoRA as diffusers and/or kohya LoRA files, else a full model folder.
     result = TrainResult(step, loss_value, out, encoder_counts=dict(inputs.counts),
                          seconds_per_step=clock.seconds_per_step())
     from accelerate.utils import gather_object
@@ -189,7 +207,10 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
             if config.lora.enabled:
                 from ..models.lora import save_lora
 
-                result.lora_path = save_lora(model, out / "lora")
+                trained_text = accelerator.unwrap_model(text_encoder) if text_encoder is not None else None
+                result.lora_paths = save_lora(model, out / "lora", trained_text, format=config.lora.format,
+                                              name=out.resolve().name)
+                result.lora_path = result.lora_paths[0]
             else:
                 final = Components(model, frozen.vae, frozen.text_encoder, frozen.tokenizer, scheduler_config)
                 result.model_dir = save_components(final, out / "model")
@@ -219,6 +240,14 @@ class _StepClock:
         if self.last is None:
             return None
         return (self.last - self.start) / (self.last_step - self.start_step)
+
+
+def _drop_caption_texts(captions: list[str], p: float, generator: torch.Generator) -> list[str]:
+    """Each caption replaced by the empty prompt with probability p (CFG training), drawn as drop_captions draws."""
+    if p <= 0:
+        return captions
+    drop = torch.rand(len(captions), generator=generator) < p  # (B,)
+    return ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
 
 
 def _stop_if_not_finite(accelerator, loss: torch.Tensor, step: int, out: Path) -> None:

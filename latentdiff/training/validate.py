@@ -22,6 +22,7 @@ from ..core.schedule import PREDICTION_TYPES, Schedule, check_choice, check_step
 from ..models import ModelError, check_model_folder, resolve_model_path
 from ..models.device import check_mixed_precision
 from ..models.folder import check_weights
+from ..models.lora import LORA_FORMATS
 from .config import Config
 from .data import CROPS
 
@@ -161,6 +162,11 @@ def _check_choices(config: Config) -> None:
     check_mixed_precision("train.mixed_precision", t.mixed_precision)
     if config.lora.enabled and m.unet_config:
         raise ValueError("lora.enabled trains adapters on a pretrained UNet; unset model.unet_config")
+    if config.lora.enabled:
+        check_choice("lora.format", config.lora.format, LORA_FORMATS)
+    if config.lora.train_text_encoder and not config.lora.enabled:
+        raise ValueError("lora.train_text_encoder=True trains LoRA adapters on the text encoder; set lora.enabled=true "
+                         "as well, or lora.train_text_encoder=false")
 
 
 # --- the model folder, the UNet architecture, the noise schedule: read, never loaded --------------------
