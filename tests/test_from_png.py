@@ -134,3 +134,25 @@ def test_info_prints_our_parameters_as_a1111_writes_them(tiny_models, tmp_path, 
     assert "Clip skip: 2" in out and "Model hash: " in out
     code, out, _ = run(capsys, "info", made, "--json")
     assert json.loads(out) == read_params(made)
+
+
+def test_an_embedding_travels_with_the_png_and_is_loaded_again(tiny_models, tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    vectors = torch.randn(2, 32, generator=torch.Generator().manual_seed(0))
+    save_file({"emb_params": vectors}, tmp_path / "qzvstyle.safetensors")  # an A1111 embedding of 2 vectors
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    code, _, err = run(capsys, "generate", "a <shiny> circle", "--negative-prompt", "qzvstyle", "--model",
+                       tiny_models[("epsilon", 8)], "--embedding", f"{tmp_path / 'qzvstyle.safetensors'}:<shiny>",
+                       "--embedding", tmp_path / "qzvstyle.safetensors", "--steps", 3, "-o", first, "-q")
+    assert code == 0, err
+    params = read_params(first)
+    assert [e["token"] for e in params["embeddings"]] == ["<shiny>", "qzvstyle"]
+    assert 'TI hashes: "<shiny>: ' in Image.open(first).text["parameters"]
+    code, _, err = run(capsys, "generate", "--from-png", first, "-o", again, "-q")
+    assert code == 0 and "warning" not in err, err
+    assert np.array_equal(pixels(first), pixels(again))
+    code, _, err = run(capsys, "generate", "a circle", "--model", tiny_models[("epsilon", 8)], "--steps", 3,
+                       "-o", tmp_path / "plain.png", "-q")
+    assert not np.array_equal(pixels(first), pixels(tmp_path / "plain.png"))

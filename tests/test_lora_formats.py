@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from latentdiff.cli import main
-from latentdiff.cli.generate import lora_choices, parse_lora
+from latentdiff.cli.loading import lora_choices, parse_lora
 from latentdiff.models import load_components
 from latentdiff.models.lora import add_lora, add_text_encoder_lora, load_loras, save_lora
 from latentdiff.models.lora_formats import parse_state_dict, save_kohya_lora

@@ -4,12 +4,11 @@ batch is done, a job resumed where it stopped, and a grid for small jobs."""
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from pathlib import Path
-from typing import Optional
 
-from .common import add_model_args, check_eta_given, quiet_libraries, resolve_model, sampler_names
+from .common import add_model_args, check_eta_given, sampler_names
+from .loading import apply_png, load_pipeline
 
 log = logging.getLogger("latentdiff.cli")
 EXIT_LINES_SKIPPED = 3  # the job ran, but some of its lines were malformed and skipped (each named on stderr)
@@ -50,6 +49,9 @@ def add_generation_args(gen, size_default: str = "the model's") -> None:
                      "':' (e.g. style.safetensors:0.7); repeat for several")
     gen.add_argument("--lora-scale", type=float, default=1.0, help="weight of each --lora given without one "
                      "(default 1)")
+    gen.add_argument("--embedding", action="append", metavar="PATH[:TOKEN]", help="a textual-inversion embedding "
+                     "(diffusers or A1111 file), used in prompts by its token: the file's stem unless given after a "
+                     "':'; repeat for several")
     gen.add_argument("--vae-tiling", action="store_true", help="decode (and encode) large images tile by tile, as "
                      "diffusers' vae.enable_tiling(): less memory, seams blended")
     gen.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time, as diffusers' "
@@ -86,36 +88,6 @@ def read_prompts(args) -> list[str]:
     if not prompts:
         raise ValueError("no prompt given: pass PROMPT or --from-file FILE with one prompt per line")
     return prompts
-
-
-def load_pipeline(args, device=None):
-    from ..pipelines import Pipeline
-
-    model = resolve_model(args.model)
-    quiet_libraries()
-    return Pipeline.from_pretrained(model, dtype=args.dtype, device=device or args.device,
-                                    allow_pickle=args.allow_pickle, lora=lora_choices(args),
-                                    vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing)
-
-
-def lora_choices(args) -> list[tuple[Path, float]]:
-    """(path, weight) of each --lora, --lora-scale where it names no weight."""
-    parsed = [parse_lora(text) for text in args.lora or ()]
-    return [(path, args.lora_scale if weight is None else weight) for path, weight in parsed]
-
-
-def parse_lora(text: str) -> tuple[Path, Optional[float]]:
-    """``PATH[:WEIGHT]`` → (path, weight or None). The part after the last ':' is a weight only when it is a finite
-    number and the whole text is no existing path: 'C:\\loras\\x.safetensors' and 'a:b/x.safetensors' stay paths."""
-    head, sep, tail = str(text).rpartition(":")
-    if sep and head and not Path(text).exists():
-        try:
-            weight = float(tail)
-        except ValueError:
-            return Path(text), None
-        if math.isfinite(weight):
-            return Path(head), weight
-    return Path(text), None
 
 
 def settings(args, pipe, **size):
@@ -219,36 +191,6 @@ def cmd_generate(args) -> int:
     if not any(line.output for line in lines) and main_process:  # numbered images only: named files get no grid
         _grid(work, columns=cfg.num_images if len(lines) > 1 else None)
     return EXIT_LINES_SKIPPED if bad else 0
-
-
-def apply_png(args) -> None:
-    """Fill the options not given on the command line from the parameters of the image ``args.from_png``."""
-    from ..core.samplers import get_sampler
-    from ..pipelines.regenerate import read_regeneration
-
-    found = read_regeneration(args.from_png)
-    if not args.prompt:
-        args.prompt = [found.prompt]
-    for key, value in found.settings.items():
-        if getattr(args, key) is None and key != "eta":
-            setattr(args, key, value)
-    if args.eta is None and "eta" in found.settings and get_sampler(args.sampler or "ddim").takes_eta:
-        args.eta = found.settings["eta"]
-    for key, value in found.hires.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.model is None:
-        args.model = found.model
-    if args.dtype == "auto" and found.dtype is not None:
-        args.dtype = found.dtype
-    usable = [lora for lora in found.loras if lora.get("path")]
-    if not args.lora and usable:  # each with its weight, written so that parse_lora reads it back
-        args.lora = [f"{lora['path']}:{float(lora.get('weight', 1.0))!r}" for lora in usable]
-    args.png_model_hash = found.model_hash
-    for note in found.notes:
-        log.warning("%s", note)
-    if found.unhonoured:
-        log.warning("'%s': not honoured: %s", args.from_png, "; ".join(found.unhonoured))
 
 
 def _processes():

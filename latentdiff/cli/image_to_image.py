@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .generate import add_generation_args, load_pipeline, output_paths_checked, read_prompts, save_results, settings
+from .generate import add_generation_args, output_paths_checked, read_prompts, save_results, settings
+from .loading import load_pipeline
 
 log = logging.getLogger("latentdiff.cli")
 SIDES = ("left", "top", "right", "bottom")

@@ -112,6 +112,8 @@ def format_parameters(params: dict) -> str:
         "Hires upscaler": UPSCALERS.get(get("hires_upscaler"), get("hires_upscaler")) if hires else None,
         "Lora hashes": ", ".join(f"{re.sub('[:,]', '', str(lora['name']))}: {lora['hash']}"
                                  for lora in get("loras") or () if lora.get("hash")) or None,
+        "TI hashes": ", ".join(f"{re.sub('[:,]', '', str(e['token']))}: {e['hash']}"
+                               for e in get("embeddings") or () if e.get("hash")) or None,
         "Eta DDIM": get("eta") if get("sampler") == "ddim" and get("eta") else None,  # A1111: only when != 0
         "CFG Rescale": get("guidance_rescale") or None,  # the CFG_Rescale_webui extension: only when > 0
         "Version": f"latentdiff {__version__}",
@@ -285,6 +287,9 @@ def settings_from_parameters(fields: dict[str, str]) -> tuple[dict, list[str]]:
     if "Lora hashes" in fields:
         pairs = (item.partition(":") for item in fields.pop("Lora hashes").split(","))
         out["loras"] = [{"name": n.strip(), "hash": h.strip()} for n, _, h in pairs if n.strip()]
+    if "TI hashes" in fields:
+        pairs = (item.partition(":") for item in fields.pop("TI hashes").split(","))
+        out["embeddings"] = [{"token": n.strip(), "hash": h.strip()} for n, _, h in pairs if n.strip()]
     unhonoured += [f"{key}: {value}" for key, value in fields.items() if key not in INFORMATIONAL]
     return out, unhonoured
 

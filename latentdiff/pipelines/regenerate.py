@@ -30,6 +30,7 @@ class Regeneration:
     model: Optional[str] = None  # a model path that exists here; None: use the one given, or the default
     model_hash: Optional[str] = None
     loras: list = field(default_factory=list)  # {"name", "hash", "weight", "path" (when it exists here)}
+    embeddings: list = field(default_factory=list)  # {"token", "hash", "path" (when it exists here)}
     dtype: Optional[str] = None  # fp32 | bf16 | fp16, ours only
     hires: dict = field(default_factory=dict)  # hires_scale, hires_strength, hires_steps, hires_upscaler
     unhonoured: list = field(default_factory=list)  # 'Field: value (why)' of what will not be done
@@ -58,6 +59,12 @@ def _from_ours(params: dict) -> Regeneration:
     for lora in loras:
         _locate_lora(lora, out)
     out.loras = loras
+    out.embeddings = [dict(e) for e in params.get("embeddings") or ()]
+    for embedding in out.embeddings:
+        if not embedding.get("path") or not Path(embedding["path"]).exists():
+            embedding.pop("path", None)
+            out.notes.append(f"the image used embedding '{embedding.get('token')}' which is not available here; pass "
+                             "it with --embedding PATH:TOKEN")
     if params.get("strength") is not None:
         out.unhonoured.append(f"Denoising strength: {params['strength']} ({IMAGE_TO_IMAGE})")
     return out
@@ -78,6 +85,9 @@ def _from_a1111(found: tuple[dict, list]) -> Regeneration:
         out.model = _local_model(settings["model"], out)
     for lora in settings.get("loras", []):
         out.notes.append(f"the image used LoRA '{lora['name']}' (hash {lora['hash']}); pass it with --lora PATH")
+    for embedding in settings.get("embeddings", []):
+        out.notes.append(f"the image used embedding '{embedding['token']}' (hash {embedding['hash']}); pass it with "
+                         "--embedding PATH:TOKEN")
     return out
 
 

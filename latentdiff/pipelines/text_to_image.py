@@ -17,10 +17,12 @@ from ..core.samplers import Plan
 from ..core.sampling import randn
 from ..models import Components, decode_latents, load_components, save_components, to_uint8
 from ..models.lora import WEIGHT_NAME as LORA_WEIGHTS
-from .parameters import lora_hash, model_hash
+from .parameters import file_hash, lora_hash, model_hash
 from .prompts import chunk_count, encode_prompts
 from .settings import GENERATION_CONFIG, GenerationConfig, resolve_settings
 
+EmbeddingArg = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike, tuple[Union[str, os.PathLike],
+                                                                                    Optional[str]]]]]
 LoraArg = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike, tuple[Union[str, os.PathLike], float]]]]
 
 
@@ -42,33 +44,64 @@ class TextToImage:
         self.defaults = defaults or GenerationConfig.for_model(components.path)
         self.model_name = str(components.path) if components.path is not None else "<in memory>"
         self._plans: dict[tuple, Plan] = {}  # settings validated and planned once: (sampler, steps, eta) -> plan
-        self.loras: list[dict] = []  # {"name", "hash", "weight"} of each LoRA fused in (A1111's 'Lora hashes')
+        self.loras: list[dict] = []  # {"name", "hash", "weight", "path"} of each LoRA fused in (A1111's 'Lora hashes')
+        self.embeddings: list[dict] = []  # {"name", "token", "hash", "path"} of each embedding (A1111's 'TI hashes')
         self._model_hash: Optional[str] = None
 
     @classmethod
     def from_pretrained(cls, model: Union[str, os.PathLike], *, dtype="auto", device="auto",
                         allow_pickle: bool = False, lora: LoraArg = None, lora_scale: float = 1.0,
-                        vae_tiling: bool = False, vae_slicing: bool = False) -> "TextToImage":
-        """Load a model folder; ``lora``: LoRA files or folders (diffusers/peft or kohya/A1111) fused into the UNet and
-        the text encoder: one path (weight ``lora_scale``), or a list of paths (each ``lora_scale``) and
-        (path, weight) pairs. ``vae_tiling`` / ``vae_slicing``: diffusers' ``vae.enable_tiling()`` /
-        ``enable_slicing()`` (large images decoded and encoded tile by tile; a batch one image at a time), to bound
-        memory."""
-        components = load_components(model, dtype=dtype, device=device, allow_pickle=allow_pickle)
+                        embeddings: EmbeddingArg = None, vae: Optional[Union[str, os.PathLike]] = None,
+                        prediction_type: Optional[str] = None, vae_tiling: bool = False,
+                        vae_slicing: bool = False) -> "TextToImage":
+        """Load a model: a diffusers-layout folder, a cached hub id, or a single checkpoint file (SD 1.x/2.x in the
+        original layout; :func:`latentdiff.models.load_components`). ``vae``: another VAE (folder or file);
+        ``prediction_type``: overrides the model's.
+
+        ``lora``: LoRA files or folders (diffusers/peft or kohya/A1111) fused into the UNet and the text encoder: one
+        path (weight ``lora_scale``), or a list of paths (each ``lora_scale``) and (path, weight) pairs.
+        ``embeddings``: textual-inversion files, each a path (token: its stem) or a (path, token) pair.
+        ``vae_tiling`` / ``vae_slicing``: diffusers' ``vae.enable_tiling()`` / ``enable_slicing()`` (large images
+        decoded and encoded tile by tile; a batch one image at a time), to bound memory."""
+        extra = {k: v for k, v in (("vae", vae), ("prediction_type", prediction_type)) if v is not None}
+        components = load_components(model, dtype=dtype, device=device, allow_pickle=allow_pickle, **extra)
         if vae_tiling:
             components.vae.enable_tiling()
         if vae_slicing:
             components.vae.enable_slicing()
         pipe = cls(components)
-        loras = lora_list(lora, lora_scale)
-        if loras:
-            from ..models.lora import load_loras
-
-            load_loras(components, loras)
-            for path, weight in loras:
-                pipe.model_name += f" + LoRA {Path(path).resolve()} x{weight:g}"
-                pipe.loras.append(lora_record(path, weight))
+        pipe.load_lora(lora, lora_scale)
+        for item in [embeddings] if isinstance(embeddings, (str, os.PathLike)) else embeddings or ():
+            path, token = (item, None) if isinstance(item, (str, os.PathLike)) else item
+            pipe.load_embedding(path, token, allow_pickle=allow_pickle)
         return pipe
+
+    from_single_file = from_pretrained  # diffusers' name for loading one checkpoint file; the same loader here
+
+    def load_lora(self, lora: LoraArg, weight: float = 1.0) -> list[dict]:
+        """Fuse LoRAs into the UNet and the text encoder (see :meth:`from_pretrained`); every image made after
+        carries them in its parameters. Returns per LoRA {name, path, weight, matched, unmatched}."""
+        loras = lora_list(lora, weight)
+        if not loras:
+            return []
+        from ..models.lora import load_loras
+
+        applied = load_loras(self.components, loras)
+        for path, w in loras:
+            self.model_name += f" + LoRA {Path(path).resolve()} x{w:g}"
+            self.loras.append(lora_record(path, w))
+        return applied
+
+    def load_embedding(self, path: Union[str, os.PathLike], token: Optional[str] = None, *,
+                       allow_pickle: bool = False) -> dict:
+        """Add a textual-inversion embedding (diffusers or A1111 file; ``token`` default: the file's stem), usable in
+        prompts and negative prompts. Returns {token, vectors, path, name}."""
+        from ..models.embeddings import load_embedding
+
+        found = load_embedding(self.components, path, token, allow_pickle=allow_pickle)
+        self.embeddings.append({"name": found["name"], "token": found["token"], "hash": file_hash(found["path"], 12),
+                                "path": str(found["path"])})
+        return found
 
     def save_pretrained(self, folder: Union[str, os.PathLike]) -> Path:
         folder = save_components(self.components, folder)
@@ -166,6 +199,8 @@ class TextToImage:
         identity = {"model_hash": self.model_hash()} if self.model_hash() else {}
         if self.loras:
             identity["loras"] = self.loras
+        if self.embeddings:
+            identity["embeddings"] = self.embeddings
         return dict(asdict(cfg), prompt=prompt, seed=seed, num_images=1, model=self.model_name,
                     dtype=str(self.components.dtype).removeprefix("torch."), **identity, **extra)
 
