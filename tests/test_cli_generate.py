@@ -121,3 +121,27 @@ def test_eval_prompt_seed_draws_another_set_and_sampler_settings_reach_the_sampl
     assert passed == [(None, None, None), (0.7, "ddim", 0.5)] and captions[None] != captions["999"]
     code, _, err = run(capsys, "eval", "--model", str(tiny_models[("v_prediction", 4)]), "--guidance-rescale", "2")
     assert code == 2 and "--guidance-rescale 2.0 must be in [0, 1]" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_and_the_run_say_which_defaults_come_from_the_model(tiny_models, tmp_path, capsys):
+    """--help names the model's own defaults (the default model's generation config) and a run prints the settings
+    it used, naming those that came from the model's latentdiff_generation.json."""
+    import json
+
+    from latentdiff.models import DEFAULT_MODEL
+    from latentdiff.pipelines.settings import GenerationConfig
+
+    shipped = GenerationConfig.for_model(DEFAULT_MODEL)
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: the model's, else 50; the default model's: {shipped.steps})" in text
+    assert f"the default model's: {shipped.guidance:g})" in text
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models[("epsilon", 8)], model)
+    (model / "latentdiff_generation.json").write_text(json.dumps({"steps": 3, "guidance": 2.0}))
+    code, _, err = run(capsys, "generate", "a red circle", "--model", str(model), "--guidance", "5",
+                       "-o", str(tmp_path / "x.png"), "-q")
+    assert code == 0
+    assert "settings: sampler ddim (η 0), 3 steps, guidance 5, 64x64, seed 0 (steps from the model's generation " \
+           "config)" in err, err

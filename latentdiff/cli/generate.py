@@ -56,11 +56,13 @@ def add_generation_args(gen, size_default: str = "the model's") -> None:
                      "diffusers' vae.enable_tiling(): less memory, seams blended")
     gen.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time, as diffusers' "
                      "vae.enable_slicing()")
-    gen.add_argument("--sampler", help=f"{sampler_names()} (default: the model's, else ddim)")
-    gen.add_argument("--steps", type=int, help="sampling steps (default 50)")
-    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale w (default 7.5; 1 = off)")
-    gen.add_argument("--guidance-rescale", type=float, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")
-    gen.add_argument("--eta", type=float, help="DDIM η: 0 deterministic (default), 1 DDPM-like")
+    gen.add_argument("--sampler", help=f"{sampler_names()} ({model_default('sampler')})")
+    gen.add_argument("--steps", type=int, help=f"sampling steps ({model_default('steps')})")
+    gen.add_argument("--guidance", type=float, help=f"classifier-free guidance scale w, 1 = off "
+                     f"({model_default('guidance')})")
+    gen.add_argument("--guidance-rescale", type=float, help="guidance rescale φ in [0, 1] (Lin et al. 2023; "
+                     f"{model_default('guidance_rescale')})")
+    gen.add_argument("--eta", type=float, help=f"DDIM η: 0 deterministic, 1 DDPM-like ({model_default('eta')})")
     gen.add_argument("--clip-skip", type=int, metavar="N", help="use the text encoder's N-th layer from the end, "
                      "as A1111's 'Clip skip' (default 1: its output; 2: the penultimate layer)")
     gen.add_argument("--prompt-syntax", choices=["a1111", "plain"], help="a1111 (default): (word) ×1.1, "
@@ -90,13 +92,47 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
+def model_default(name: str) -> str:
+    """'default: the model's (the default model: X), else Y' for --help: a model folder's latentdiff_generation.json
+    may set its own defaults, as the default model does."""
+    from ..models import DEFAULT_MODEL
+    from ..pipelines.settings import GenerationConfig
+
+    fallback, shipped = getattr(GenerationConfig(), name), getattr(GenerationConfig.for_model(DEFAULT_MODEL), name)
+    text = f"default: the model's, else {fallback:g}" if isinstance(fallback, float) else \
+        f"default: the model's, else {fallback}"
+    return text if shipped == fallback else text + f"; the default model's: {shipped:g}" if isinstance(shipped, float) \
+        else text + f"; the default model's: {shipped}"
+
+
+def describe(cfg, pipe, given: set) -> str:
+    """One line: the settings a run uses, naming those that came from the model's generation config."""
+    from ..core.samplers import get_sampler
+    from ..pipelines.settings import GenerationConfig
+
+    eta = f" (η {cfg.eta:g})" if get_sampler(cfg.sampler).takes_eta else ""
+    parts = [f"sampler {cfg.sampler}{eta}", f"{cfg.steps} steps", f"guidance {cfg.guidance:g}",
+             f"{cfg.width}x{cfg.height}", f"seed {cfg.seed}"]
+    if cfg.clip_skip != 1:
+        parts.append(f"clip skip {cfg.clip_skip}")
+    plain = GenerationConfig()
+    from_model = [name for name in ("sampler", "eta", "steps", "guidance", "guidance_rescale", "clip_skip")
+                  if name not in given and getattr(pipe.defaults, name) != getattr(plain, name)]
+    note = f" ({', '.join(from_model)} from the model's generation config)" if from_model else ""
+    return "settings: " + ", ".join(parts) + note
+
+
 def settings(args, pipe, **size):
-    """The generation settings from the options, validated once (``size``: height/width decided by the command)."""
+    """The generation settings from the options, validated once (``size``: height/width decided by the command);
+    the settings used are logged in one line."""
     cfg = pipe.settings(negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
                         guidance_rescale=args.guidance_rescale, sampler=args.sampler, eta=args.eta, seed=args.seed,
                         num_images=args.num_images, clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax,
                         **{"height": args.height, "width": args.width, **size})
     check_eta_given(args.eta, cfg.sampler)
+    given = {name for name in ("sampler", "eta", "steps", "guidance", "guidance_rescale", "clip_skip")
+             if getattr(args, name) is not None}
+    log.info("%s", describe(cfg, pipe, given))
     return cfg
 
 
