@@ -112,7 +112,7 @@ def test_the_checks_catch_what_they_are_for():
     """Relative imports are resolved, those inside functions included; an upward import, an import between
     siblings and a cycle are each reported."""
     assert "latentdiff.core.schedule" in our_imports(PACKAGE / "models" / "folder.py")
-    assert "latentdiff.pipelines" in our_imports(PACKAGE / "cli" / "generate.py")  # inside cmd_generate
+    assert "latentdiff.pipelines" in our_imports(PACKAGE / "cli" / "loading.py")  # inside load_pipeline
     assert downward_violations({"latentdiff.core.x": {"latentdiff.models.y"}})
     assert downward_violations({"latentdiff.training.x": {"latentdiff.edit.y"}})
     assert not downward_violations({"latentdiff.edit.x": {"latentdiff.pipelines.y", "latentdiff.edit.z"}})

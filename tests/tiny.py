@@ -63,3 +63,34 @@ def fixed_batch_loss(model, data) -> float:
     with torch.no_grad():
         return weighted_mse(c.unet(batch.x_t, batch.t, encoder_hidden_states=text).sample, batch.target,
                             batch.weight).item()
+
+
+def tiny_sd_components(sd2=False, inpainting=False, prediction_type="epsilon", seed=0, context=16, sample_size=8,
+                       text_layers=2, scaling_factor=0.18215):
+    """A tiny model that keeps Stable Diffusion's conventions, so that a single-file checkpoint (which carries
+    shapes only) reads back as the same model: 64 channels per text-encoder head, GroupNorm with 32 groups, UNet
+    heads as SD 1.x (attention_head_dim=8) or SD 2.x (block width // 64, linear projections), pad token and
+    activation of the text-encoder layout (SD 1.x: end-of-text, quick_gelu; SD 2.x: '!', gelu)."""
+    torch.manual_seed(seed)
+    widths = (64, 128)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=9 if inpainting else 4, out_channels=4, layers_per_block=1,
+        block_out_channels=widths, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
+        attention_head_dim=tuple(w // 64 for w in widths) if sd2 else 8, use_linear_projection=sd2, norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32,) * 4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=32, sample_size=sample_size * 8, scaling_factor=scaling_factor,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=64, intermediate_size=128 if sd2 else 37, num_hidden_layers=text_layers,
+        num_attention_heads=1, max_position_embeddings=context, bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=0 if sd2 else 49407, hidden_act="gelu" if sd2 else "quick_gelu",
+    ))
+    tokenizer = build_clip_tokenizer(context, pad_token="!" if sd2 else "<|endoftext|>")
+    scheduler = DDIMScheduler(**SD_SCHEDULER, prediction_type=prediction_type)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)

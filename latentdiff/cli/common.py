@@ -49,7 +49,13 @@ class Parser(argparse.ArgumentParser):
 def add_model_args(p: argparse.ArgumentParser) -> None:
     from ..models import DEFAULT_MODEL
 
-    p.add_argument("--model", default=None, help=f"diffusers-layout model folder or cached hub id (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", default=None, help="a diffusers-layout model folder, a hub id in the local cache, or a "
+                   f"single .safetensors/.ckpt checkpoint file (SD 1.x/2.x; default: {DEFAULT_MODEL})")
+    p.add_argument("--vae", default=None, metavar="PATH",
+                   help="replace the model's VAE: a diffusers VAE folder or a VAE .safetensors file")
+    p.add_argument("--prediction-type", default=None, choices=["epsilon", "v_prediction"],
+                   help="override the model's prediction type (an SD 2.x 768-v file without its .yaml needs "
+                        "v_prediction)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="weights and compute dtype (auto: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA when available")

@@ -132,7 +132,7 @@ def _components(args):
         raise ValueError(f"--dtype {args.dtype}: inversion and editing run in fp32 (null-text optimization needs "
                          "it); drop --dtype")
     return load_components(resolve_model(args.model), dtype="fp32", device=args.device,
-                           allow_pickle=args.allow_pickle)
+                           allow_pickle=args.allow_pickle, vae=args.vae, prediction_type=args.prediction_type)
 
 
 def _invert(args, components):

@@ -44,7 +44,7 @@ def cmd_eval(args) -> int:
 
     quiet_libraries()
     pipe = Pipeline.from_pretrained(resolve_model(args.model), dtype=args.dtype, device=args.device,
-                                    allow_pickle=args.allow_pickle)
+                                    allow_pickle=args.allow_pickle, vae=args.vae, prediction_type=args.prediction_type)
     guidances = args.guidance or sorted({1.0, float(pipe.defaults.guidance)})
     if args.seeds < 1:
         raise ValueError(f"--seeds {args.seeds} must be at least 1")

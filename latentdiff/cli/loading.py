@@ -20,8 +20,8 @@ def load_pipeline(args, device=None):
     quiet_libraries()
     return Pipeline.from_pretrained(model, dtype=args.dtype, device=device or args.device,
                                     allow_pickle=args.allow_pickle, lora=lora_choices(args),
-                                    embeddings=embedding_choices(args), vae=getattr(args, "vae", None),
-                                    prediction_type=getattr(args, "prediction_type", None),
+                                    embeddings=embedding_choices(args), vae=args.vae,
+                                    prediction_type=args.prediction_type,
                                     vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing)
 
 

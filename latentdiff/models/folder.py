@@ -12,13 +12,12 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
-from ..core.schedule import Schedule
+from ..core.schedule import PREDICTION_TYPES, Schedule
+from .components import Components, ModelError, freeze
 from .device import pick_device, pick_dtype
 
 log = logging.getLogger(__name__)
@@ -30,12 +29,9 @@ COMPONENTS = {  # folder -> file that must be in it
     "tokenizer": "tokenizer_config.json",
     "scheduler": "scheduler_config.json",
 }
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")  # a single-file model, rather than a folder
 # The offline default model (the shapes world), committed in the repository; LATENTDIFF_MODEL overrides it.
 DEFAULT_MODEL = Path(os.environ.get("LATENTDIFF_MODEL", Path(__file__).resolve().parents[2] / "weights" / "shapes"))
-
-
-class ModelError(ValueError):
-    """A model folder that cannot be used, with a one-line reason and fix."""
 
 
 def resolve_model_path(model: str | os.PathLike) -> Path:
@@ -44,7 +40,8 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise ModelError(f"model '{model}' is a file, not a folder; pass a diffusers-layout model folder")
+        raise ModelError(f"model '{model}' is a file, not a folder; pass a diffusers-layout model folder (latentdiff "
+                         "convert makes one from a single-file checkpoint)")
     if str(model).count("/") == 1 and not str(model).startswith((".", "/", "~")):
         try:
             from huggingface_hub import snapshot_download
@@ -54,7 +51,8 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
             pass
     raise ModelError(
         f"model '{model}' does not exist: pass a folder in the diffusers layout "
-        "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a hub id already in the local cache"
+        "(model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), a hub id already in the local cache, "
+        "or a single-file checkpoint (.safetensors)"
     )
 
 
@@ -83,41 +81,6 @@ def check_weights(path: Path, folder: str, allow_pickle: bool) -> None:
         raise ModelError(f"'{path / folder}' has no weights (*.safetensors)")
 
 
-@dataclass
-class Components:
-    """The frozen networks and schedule of one model, on one device and dtype."""
-
-    unet: torch.nn.Module
-    vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    scheduler_config: dict
-    path: Optional[Path] = None
-
-    @property
-    def schedule(self) -> Schedule:
-        return Schedule.from_config(self.scheduler_config)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """Pixels per latent along each side: 2^(number of VAE down blocks − 1)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def device(self) -> torch.device:
-        return (self.unet if self.unet is not None else self.text_encoder).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return (self.unet if self.unet is not None else self.text_encoder).dtype
-
-
-def freeze(module: torch.nn.Module) -> torch.nn.Module:
-    module.eval()
-    module.requires_grad_(False)
-    return module
-
-
 def load_components(
     model: str | os.PathLike,
     *,
@@ -125,18 +88,52 @@ def load_components(
     device: str | torch.device = "auto",
     allow_pickle: bool = False,
     with_unet: bool = True,
+    vae: str | os.PathLike | None = None,
+    prediction_type: str | None = None,
 ) -> Components:
-    """Load a diffusers-layout folder (SD 1.x / 2.x shapes, ε or v prediction) with frozen networks.
+    """Load a model with frozen networks: a diffusers-layout folder, a hub id in the local cache, or a single-file
+    Stable Diffusion 1.x / 2.x checkpoint (``.safetensors``; ``.ckpt`` / ``.pt`` only with ``allow_pickle``), ε or v
+    prediction, text-to-image or 9-channel inpainting (see :mod:`.single_file` for what a file is read as).
 
     ``with_unet=False`` loads only the frozen encoders, tokenizer and schedule (``unet`` is None), for
-    training a UNet from scratch on top of them.
+    training a UNet from scratch on top of them. ``vae`` replaces the model's VAE: a diffusers VAE folder or a VAE
+    ``.safetensors`` file (original or diffusers key names), whose latent channels must be the UNet's.
+    ``prediction_type`` ('epsilon' or 'v_prediction') overrides the model's scheduler config (and, for a single
+    file, the YAML beside it).
     """
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    torch_dtype = pick_dtype(dtype, device)
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ModelError(f"prediction_type={prediction_type!r} is not supported; choose one of "
+                         f"{', '.join(map(repr, PREDICTION_TYPES))}")
+    if vae is not None and not Path(vae).expanduser().exists():
+        raise ModelError(f"VAE '{vae}' does not exist; pass a diffusers VAE folder or a VAE .safetensors file")
+    file = Path(model).expanduser()
+    if file.is_file():
+        from .single_file import load_single_file
+
+        components = load_single_file(file.resolve(), dtype=torch_dtype, allow_pickle=allow_pickle,
+                                      with_unet=with_unet, prediction_type=prediction_type)
+    elif file.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise ModelError(f"checkpoint file '{model}' does not exist; check the path")
+    else:
+        components = load_folder(resolve_model_path(model).resolve(), torch_dtype, allow_pickle, with_unet)
+        if prediction_type is not None:
+            components.scheduler_config = dict(components.scheduler_config, prediction_type=prediction_type)
+    if vae is not None:
+        components.vae = swap_vae(components, vae, torch_dtype, allow_pickle)
+    Schedule.from_config(components.scheduler_config)  # fail now, with its message, if the schedule is unusable
+    for module in (components.unet, components.vae, components.text_encoder):
+        if module is not None:
+            freeze(module).to(device)
+    return components
+
+
+def load_folder(path: Path, torch_dtype: torch.dtype, allow_pickle: bool, with_unet: bool) -> Components:
+    """The networks of a diffusers-layout folder, on the CPU (not yet frozen)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    device = device if isinstance(device, torch.device) else pick_device(device)
-    torch_dtype = pick_dtype(dtype, device)
-    path = resolve_model_path(model).resolve()
     check_model_folder(path, need_unet=with_unet)
     for folder in ("unet", "vae", "text_encoder") if with_unet else ("vae", "text_encoder"):
         check_weights(path, folder, allow_pickle)
@@ -154,11 +151,24 @@ def load_components(
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelError(f"could not load model folder '{path}': {first_line}") from error
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-    Schedule.from_config(scheduler_config)  # fail now, with its message, if the schedule is unusable
-    for module in (unet, vae, text_encoder):
-        if module is not None:
-            freeze(module).to(device)
     return Components(unet, vae, text_encoder, tokenizer, scheduler_config, path)
+
+
+def swap_vae(components: Components, vae: str | os.PathLike, torch_dtype: torch.dtype, allow_pickle: bool):
+    """The VAE at ``vae`` for ``components``; a file gets the model's latent scale, a folder keeps its own."""
+    from .single_file import load_vae
+
+    old = components.vae.config
+    new = load_vae(vae, dtype=torch_dtype, allow_pickle=allow_pickle, scaling_factor=old.scaling_factor,
+                   sample_size=old.sample_size)
+    channels = components.unet.config.out_channels if components.unet is not None else old.latent_channels
+    if new.config.latent_channels != channels:
+        raise ModelError(f"VAE '{vae}' has {new.config.latent_channels} latent channels but the model's UNet works on "
+                         f"{channels}; use a VAE made for this model")
+    if new.config.scaling_factor != old.scaling_factor:
+        log.warning("VAE '%s' scales latents by %s where the model's VAE used %s; keeping the new VAE's",
+                    vae, new.config.scaling_factor, old.scaling_factor)
+    return new
 
 
 def save_components(components: Components, folder: str | os.PathLike, scheduler_class: str = "DDIMScheduler") -> Path:

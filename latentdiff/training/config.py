@@ -16,7 +16,7 @@ import yaml
 
 @dataclass
 class ModelConfig:
-    pretrained: Optional[str] = None  # diffusers-layout folder: fine-tune its UNet; frozen VAE/text encoder from it
+    pretrained: Optional[str] = None  # diffusers-layout folder or single SD checkpoint file: fine-tune its UNet
     unet_config: Optional[str] = None  # YAML/JSON UNet2DConditionModel config: train a UNet from scratch
     prediction_type: Optional[str] = None  # override the scheduler config's (epsilon / v_prediction / sample)
     # JSON/YAML mapping of scheduler-config entries that replace the pretrained model's, e.g. fine-tune on zero
@@ -24,6 +24,7 @@ class ModelConfig:
     # "v_prediction"}; the trained model is saved with the merged schedule
     scheduler: Optional[str] = None
     allow_pickle: bool = False
+    vae: Optional[str] = None  # another VAE (a diffusers VAE folder or a .safetensors file) for the frozen encoder
 
 
 @dataclass

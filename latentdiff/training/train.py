@@ -30,6 +30,7 @@ from .data import Transform, scan_dataset
 from .ema import EMA
 from .inputs import SampleOrder, TrainingInputs, encode_captions, stable_seed
 from .objective import drop_captions, noised_batch, weighted_mse
+from .pretrained import pretrained_folder
 from .validate import read_scheduler_overrides, validate
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,8 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
     rank, world = accelerator.process_index, accelerator.num_processes
 
     # 1. Frozen encoders, schedule, and the UNet to train (full or LoRA).
-    frozen = load_components(m.pretrained, device=accelerator.device, allow_pickle=m.allow_pickle,
-                             with_unet=False)
+    frozen = load_components(pretrained_folder(m.pretrained, m.allow_pickle), device=accelerator.device,
+                             allow_pickle=m.allow_pickle, with_unet=False, **({"vae": m.vae} if m.vae else {}))
     scheduler_config = {**frozen.scheduler_config, **read_scheduler_overrides(m.scheduler),
                         **({"prediction_type": m.prediction_type} if m.prediction_type else {})}
     frozen.scheduler_config = scheduler_config

@@ -25,6 +25,7 @@ from ..models.folder import check_weights
 from ..models.lora import LORA_FORMATS
 from .config import Config
 from .data import CROPS
+from .pretrained import pretrained_folder
 
 # diffusers.optimization.SchedulerType, less piecewise_constant (it needs step_rules, which no key gives)
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -186,9 +187,10 @@ def _check_model(config: Config) -> Path:
     m = config.model
     if not m.pretrained:
         raise ValueError("model.pretrained is required: a diffusers-layout folder with at least vae/, text_encoder/, "
-                         "tokenizer/ and scheduler/ (plus unet/ unless model.unet_config is given)")
+                         "tokenizer/ and scheduler/ (plus unet/ unless model.unet_config is given), or a single "
+                         "SD 1.x/2.x checkpoint file")
     try:
-        path = resolve_model_path(m.pretrained).resolve()
+        path = resolve_model_path(pretrained_folder(m.pretrained, m.allow_pickle)).resolve()
         check_model_folder(path, need_unet=not m.unet_config)
         for folder in ("vae", "text_encoder") if m.unet_config else ("unet", "vae", "text_encoder"):
             check_weights(path, folder, m.allow_pickle)
