@@ -354,7 +354,9 @@ def test_training_from_a_single_file_converts_it_once_and_fine_tunes(models, dat
     _, file = models["sd1"]
     overrides = [f"model.pretrained={file}", f"data.root={dataset}", "data.resolution=32", "train.batch_size=2",
                  "train.max_steps=2", "train.checkpoint_every=2", "train.progress=false", "train.ema_decay=null"]
-    first = train(load_config(None, overrides + [f"train.output_dir={tmp_path / 'a'}"]))
+    first = train(load_config(None, overrides + [f"train.output_dir={tmp_path / 'a'}", "train.export_format=both"]))
+    assert_same_weights(load_components(first.model_file, device="cpu").unet,  # train.export_format: both
+                        load_components(first.model_dir, device="cpu").unet)
     [converted] = (tmp_path / "cache" / "converted").iterdir()
     assert converted.name.startswith("sd1-") and (converted / "unet").is_dir()
     assert_same_weights(load_components(converted, device="cpu").unet, FOLDERS["sd1"].unet)
@@ -362,3 +364,13 @@ def test_training_from_a_single_file_converts_it_once_and_fine_tunes(models, dat
     second = train(load_config(None, overrides + [f"train.output_dir={tmp_path / 'b'}"]))
     assert (converted / "model_index.json").stat().st_mtime_ns == stamp  # reused, not written again
     assert first.global_step == second.global_step == 2 and first.loss == second.loss
+
+
+def test_an_unknown_export_format_is_refused_before_training(models, dataset, tmp_path):
+    from latentdiff.training.config import load_config
+    from latentdiff.training.validate import validate
+
+    config = load_config(None, [f"model.pretrained={models['sd1'][0]}", f"data.root={dataset}", "data.resolution=32",
+                                f"train.output_dir={tmp_path}", "train.export_format=ckpt"])
+    with pytest.raises(ValueError, match=r"^train.export_format='ckpt' .*diffusers.*single_file.*both"):
+        validate(config)

@@ -30,6 +30,7 @@ def cmd_train(args) -> int:
     except TrainingError as error:
         print(f"latentdiff train: error: {error}", file=sys.stderr)
         return EXIT_TRAINING_STOPPED
-    if result.model_dir or result.lora_path:
-        print(result.model_dir or result.lora_path)
+    for path in [result.model_dir, result.model_file, *result.lora_paths]:
+        if path:
+            print(path)
     return 0

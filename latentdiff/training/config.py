@@ -79,6 +79,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3  # the newest K are kept; 0 keeps every one
     log_every: int = 10
+    export_format: str = "diffusers"  # diffusers (a model folder) | single_file (model.safetensors, SD layout) | both
     validate_every: int = 0  # 0 disables validation
     validation_prompts: list = field(default_factory=list)
     validation_steps: int = 25

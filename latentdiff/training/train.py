@@ -45,7 +45,8 @@ class TrainResult:
     global_step: int
     loss: float
     output_dir: Path
-    model_dir: Optional[Path] = None
+    model_dir: Optional[Path] = None  # train.export_format diffusers or both
+    model_file: Optional[Path] = None  # train.export_format single_file or both: one original-layout .safetensors
     lora_path: Optional[Path] = None  # the first of lora_paths
     lora_paths: list = field(default_factory=list)  # the LoRA files written (lora.format: diffusers, kohya or both)
     encoder_counts: dict = field(default_factory=dict)
@@ -214,7 +215,12 @@ def train(config: Config, resume: Optional[str] = None) -> TrainResult:
                 result.lora_path = result.lora_paths[0]
             else:
                 final = Components(model, frozen.vae, frozen.text_encoder, frozen.tokenizer, scheduler_config)
-                result.model_dir = save_components(final, out / "model")
+                if config.train.export_format in ("diffusers", "both"):
+                    result.model_dir = save_components(final, out / "model")
+                if config.train.export_format in ("single_file", "both"):
+                    from ..models.single_file_save import save_single_file
+
+                    result.model_file = save_single_file(final, out / "model.safetensors")
         (out / "result.json").write_text(json.dumps({
             "global_step": step, "loss": loss_value, "checkpoints": [str(p) for p in list_checkpoints(out)],
             "num_processes": world, "weights_sha256_per_rank": digests, "encoder_counts_rank0": inputs.counts,

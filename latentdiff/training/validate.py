@@ -27,6 +27,8 @@ from .config import Config
 from .data import CROPS
 from .pretrained import pretrained_folder
 
+EXPORT_FORMATS = ("diffusers", "single_file", "both")  # train.export_format
+
 # diffusers.optimization.SchedulerType, less piecewise_constant (it needs step_rules, which no key gives)
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
@@ -154,6 +156,7 @@ def _check_choices(config: Config) -> None:
     if m.prediction_type is not None:
         check_choice("model.prediction_type", m.prediction_type, PREDICTION_TYPES)
     check_choice("data.crop", d.crop, CROPS)
+    check_choice("train.export_format", t.export_format, EXPORT_FORMATS)
     if d.crop == "random" and d.cache:
         raise ValueError("data.crop=random cannot use the latent cache (every crop differs); "
                          "set data.crop=center or data.cache=false")
