@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import convert, edit, evaluate, generate, image_to_image, info, selfcheck, shapes, train
+from . import convert, edit, evaluate, generate, image_to_image, info, selfcheck, serve, shapes, train
 from .common import EXIT_INTERRUPTED, EXIT_USAGE, Parser, setup_logging
 
 # each adds its parser(s) with set_defaults(run=...)
-COMMANDS = (generate, image_to_image, train, evaluate, edit, shapes, selfcheck, info, convert)
+COMMANDS = (generate, image_to_image, train, evaluate, edit, shapes, selfcheck, info, serve, convert)
 
 
 def build_parser() -> argparse.ArgumentParser:
