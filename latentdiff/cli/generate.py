@@ -123,17 +123,20 @@ def describe(cfg, pipe, given: set) -> str:
 
 
 def settings(args, pipe, **size):
-    """The generation settings from the options, validated once (``size``: height/width decided by the command);
-    the settings used are logged in one line."""
+    """The generation settings from the options, validated once (``size``: height/width decided by the command)."""
     cfg = pipe.settings(negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
                         guidance_rescale=args.guidance_rescale, sampler=args.sampler, eta=args.eta, seed=args.seed,
                         num_images=args.num_images, clip_skip=args.clip_skip, prompt_syntax=args.prompt_syntax,
                         **{"height": args.height, "width": args.width, **size})
     check_eta_given(args.eta, cfg.sampler)
+    return cfg
+
+
+def announce(args, pipe, cfg) -> None:
+    """Log the settings a run uses in one line, once every input is known to be good (just before the work)."""
     given = {name for name in ("sampler", "eta", "steps", "guidance", "guidance_rescale", "clip_skip")
              if getattr(args, name) is not None}
     log.info("%s", describe(cfg, pipe, given))
-    return cfg
 
 
 def output_paths_checked(args, count: int) -> list:
@@ -198,6 +201,8 @@ def cmd_generate(args) -> int:
         state.wait_for_everyone()
         share = -(-len(todo) // state.num_processes)
         todo = todo[state.process_index * share: (state.process_index + 1) * share]
+    if main_process:
+        announce(args, pipe, cfg)
     size = args.batch_size or default_batch_size(cfg, pipe.components.vae_scale_factor,
                                                  pipe.components.device.type == "cuda")
     from tqdm.auto import tqdm

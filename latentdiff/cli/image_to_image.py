@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .generate import add_generation_args, output_paths_checked, read_prompts, save_results, settings
+from .generate import add_generation_args, announce, output_paths_checked, read_prompts, save_results, settings
 from .loading import load_pipeline
 
 log = logging.getLogger("latentdiff.cli")
@@ -83,6 +83,7 @@ def cmd_img2img(args) -> int:
     check_strength(args.strength, cfg.steps)
     paths = output_paths_checked(args, len(prompts) * cfg.num_images)
     _say(notes)  # what was done to the input, once every setting is known to be good
+    announce(args, pipe, cfg)
     results = pipe.img2img(prompts, image, strength=args.strength, settings=cfg, progress=not args.quiet)
     for result in results:
         result.params["image"] = str(args.image)
@@ -114,6 +115,7 @@ def cmd_inpaint(args) -> int:
     check_strength(args.strength, cfg.steps)
     paths = output_paths_checked(args, len(prompts) * cfg.num_images)
     _say(notes)
+    announce(args, pipe, cfg)
     results = pipe.inpaint(prompts, image, mask, strength=args.strength, mask_blur=args.mask_blur,
                            composite=not args.no_composite, settings=cfg, progress=not args.quiet)
     for result in results:
