@@ -35,6 +35,7 @@ def prompts(tmp_path):
     return path
 
 
+@pytest.mark.slow  # ~15 s: one job at three batch sizes
 def test_batch_size_does_not_change_images(tiny_models, prompts, tmp_path, capsys):
     model = str(tiny_models[("epsilon", 8)])
     for size in (1, 3, 8):
@@ -93,6 +94,7 @@ def _cli(argv, env=None):
     return [sys.executable, "-c", code, *argv]
 
 
+@pytest.mark.slow  # ~50 s: processes killed mid-job and rerun
 def test_a_killed_job_rerun_gives_the_uninterrupted_set(tiny_models, prompts, tmp_path):
     model = str(tiny_models[("epsilon", 8)])
     base = ["generate", "--from-file", str(prompts), "--model", model, "--steps", "6", "--batch-size", "1", "-q"]

@@ -80,6 +80,7 @@ def test_resume_continues_exactly(tiny_models, dataset, tmp_path):
     assert resumed.encoder_counts == {"vae_images": 0, "text_prompts": 1}  # only the empty prompt
 
 
+@pytest.mark.slow  # ~45 s: a run killed with SIGKILL and resumed
 def test_resume_after_sigkill_mid_run(tiny_models, dataset, tmp_path):
     model = tiny_models[("epsilon", 8)]
     common = [f"model.pretrained={model}", f"data.root={dataset}", "data.resolution=64", "train.batch_size=2",
@@ -211,6 +212,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tin
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+@pytest.mark.slow  # ~30 s: two gloo processes
 def test_two_processes_train_in_sync(tiny_models, dataset, tmp_path):
     """`accelerate launch` with 2 CPU processes (torchrun + gloo): one checkpoint, identical weights on both ranks."""
     run = tmp_path / "run"
