@@ -1,11 +1,17 @@
 """Model folders and files in and out, the frozen networks, and where and in what precision they run.
 
-    folder.py     diffusers-layout folders: load / save the components, the offline default model
-    device.py     the device, dtype and mixed-precision policy ('auto' resolved in one place)
-    latents.py    the VAE between images and diffusion latents
-    pixels.py     uint8 images ↔ the VAE's [-1, 1] range
-    tokenizer.py  the CLIP tokenizer built from open_clip's vocabulary (the default model's)
-    lora.py       LoRA adapters on the UNet, in diffusers' format
+    components.py        the frozen networks of one model (Components), ModelError
+    folder.py            load_components (a folder, a cached hub id or a single file; the VAE swap), save a
+                         diffusers-layout folder, the offline default model
+    single_file.py       SD 1.x/2.x original-layout checkpoints in; single_file_save.py out; their key tables
+                         (checkpoint_keys.py) and architecture from shapes (checkpoint_config.py)
+    device.py            the device, dtype and mixed-precision policy ('auto' resolved in one place)
+    latents.py           the VAE between images and diffusion latents
+    pixels.py            uint8 images ↔ the VAE's [-1, 1] range
+    tokenizer.py         the CLIP tokenizer built from open_clip's vocabulary (the default model's)
+    lora.py              LoRA adapters (UNet and text encoder) for training, and fusing LoRA files into a model;
+                         lora_formats.py reads and writes diffusers/peft and kohya/A1111 files
+    embeddings.py        textual-inversion embeddings (diffusers and A1111 files) added to a model
 """
 
 from .device import DEVICES, DTYPES, cpu_has_native_bf16, pick_device, pick_dtype, pick_mixed_precision
