@@ -144,3 +144,25 @@ def test_options_switch_only_among_the_models_dir(tmp_path):
         assert c.post("/sdapi/v1/options", json={"sd_model_checkpoint": titles[0]}).status_code == 200
         assert c.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == titles[0]
     close(app)
+
+
+def test_the_catalog_lists_single_file_checkpoints_of_the_models_dir(tmp_path):
+    """A .safetensors checkpoint directly in --models-dir is a model (named by its stem, A1111's short file hash);
+    other files, and a file reached through a link out of the folder, are not."""
+    from latentdiff.pipelines.parameters import model_hash
+    from latentdiff.serve.catalog import Catalog
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "dreamy-v2.safetensors").write_bytes(b"not loaded here, only hashed")
+    (models / "notes.txt").write_text("x")
+    (tmp_path / "outside.safetensors").write_bytes(b"y")
+    (models / "linked.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    catalog = Catalog(DEFAULT_MODEL, models)
+    names = [entry.name for entry in catalog.entries()]
+    assert names == ["shapes", "dreamy-v2"]
+    entry = catalog.find("dreamy-v2.safetensors")
+    assert entry.path == (models / "dreamy-v2.safetensors").resolve()
+    assert entry.hash == model_hash(models / "dreamy-v2.safetensors") and entry.title == f"dreamy-v2 [{entry.hash}]"
+    with pytest.raises(ValueError):
+        catalog.find("../outside.safetensors")

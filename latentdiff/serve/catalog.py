@@ -1,5 +1,5 @@
-"""The models a client may switch to: the model folders directly inside ``models_dir``, plus the model the server
-started with. Clients name a model by A1111's title (``name [hash]``), its name or its hash — never by a path."""
+"""The models a client may switch to: the model folders and single-file checkpoints (``.safetensors``) directly
+inside ``models_dir``, plus the model the server started with. Clients name a model by A1111's title (``name [hash]``), its name or its hash — never by a path."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ class ModelEntry:
 
 
 class Catalog:
-    """Model folders (a ``model_index.json`` inside) of ``models_dir`` whose real path stays inside it, and
-    ``default``; hashed once per folder (A1111's short hash of the UNet weights file)."""
+    """Model folders (a ``model_index.json`` inside) and ``.safetensors`` checkpoints of ``models_dir`` whose real
+    path stays inside it, and ``default``; hashed once each (A1111's short hash: of a file, or of a folder's UNet
+    weights file)."""
 
     def __init__(self, default: Path, models_dir: Optional[Path] = None):
         self.default = Path(default).resolve()
@@ -45,10 +46,10 @@ class Catalog:
         if self.models_dir is not None:
             for child in sorted(self.models_dir.iterdir()):
                 real = child.resolve()
-                if (real / "model_index.json").is_file() and real.is_relative_to(self.models_dir) and \
-                        real != self.default:
+                model = (real / "model_index.json").is_file() or (real.is_file() and real.suffix == ".safetensors")
+                if model and real.is_relative_to(self.models_dir) and real != self.default:
                     folders.append(real)
-        return [ModelEntry(path.name, path, self._hash(path)) for path in folders]
+        return [self.entry_of(path) for path in folders]
 
     def find(self, name) -> ModelEntry:
         """The entry a client names; ValueError (HTTP 400) for what is no model name (a path, '..'),
@@ -67,8 +68,9 @@ class Catalog:
         raise ModelNotFound(f"model {name!r} not found; choose one of: {', '.join(e.title for e in entries)}")
 
     def entry_of(self, path: Path) -> ModelEntry:
+        """A folder is named by its name, a checkpoint file by its stem (A1111's model_name)."""
         path = Path(path).resolve()
-        return ModelEntry(path.name, path, self._hash(path))
+        return ModelEntry(path.stem if path.is_file() else path.name, path, self._hash(path))
 
     def _hash(self, path: Path) -> str:
         if path not in self._hashes:
