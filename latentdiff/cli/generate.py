@@ -99,10 +99,12 @@ def model_default(name: str) -> str:
     from ..pipelines.settings import GenerationConfig
 
     fallback, shipped = getattr(GenerationConfig(), name), getattr(GenerationConfig.for_model(DEFAULT_MODEL), name)
-    text = f"default: the model's, else {fallback:g}" if isinstance(fallback, float) else \
-        f"default: the model's, else {fallback}"
-    return text if shipped == fallback else text + f"; the default model's: {shipped:g}" if isinstance(shipped, float) \
-        else text + f"; the default model's: {shipped}"
+    text = f"default: the model's, else {_shown(fallback)}"
+    return text if shipped == fallback else f"{text}; the default model's: {_shown(shipped)}"
+
+
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def describe(cfg, pipe, given: set) -> str:
